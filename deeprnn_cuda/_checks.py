@@ -1,0 +1,140 @@
+"""Argument validation for the CBM op: the one source of truth for shapes, dtypes and option names.
+
+Every backend receives arguments that passed :func:`check_cbm_args`, so kernels never re-validate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+# Integer codes shared with csrc/cbm.h (the native ops take ints, not strings).
+ACT_R_CODES = {"identity": 0, "relu": 1, "tanh": 2}
+ACT_T_CODES = {"sigmoid": 0, "relu": 1}
+MERGE_CODES = {"mul": 0, "add": 1}
+BACKENDS = ("auto", "reference", "native", "triton")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class CBMShapes:
+    """Sizes of one CBM layer call: ``x`` is ``(T, B, C_in, H, W)``, the state is ``(B, C, H, W)``."""
+
+    T: int
+    B: int
+    C_in: int
+    C: int
+    H: int
+    W: int
+    k_r: int
+    k_t: int
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_choice(name: str, value: object, choices) -> str:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``; return it."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def _check_tensor(name: str, t: object, rank: int, expected: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(t).__name__}")
+    if t.dim() != rank:
+        raise ValueError(f"{name} must have shape {expected} ({rank} dims), got {_shape(t)}")
+    return t
+
+
+def _check_kernel(name: str, w: torch.Tensor) -> int:
+    kh, kw = w.shape[-2:]
+    if kh != kw or kh % 2 == 0:
+        raise ValueError(f"{name} must have a square odd kernel (k, k) with k in 1, 3, 5, ...; got {kh}x{kw}")
+    return int(kh)
+
+
+def check_cbm_args(
+    x: torch.Tensor,
+    weight_r: torch.Tensor,
+    bias_r: Optional[torch.Tensor],
+    weight_t: torch.Tensor,
+    bias_t: Optional[torch.Tensor],
+    c0: Optional[torch.Tensor],
+    td_mask: Optional[torch.Tensor],
+    act_r: str,
+    act_t: str,
+    merge: str,
+) -> CBMShapes:
+    """Validate the arguments of :func:`deeprnn_cuda.cbm_layer`; return their sizes.
+
+    Raises ``TypeError`` for non-tensors and ``ValueError`` naming the argument, the expected shape
+    and what was given for every other mistake (rank, channels, kernel, dtype, device, td_mask).
+    """
+    check_choice("act_r", act_r, ACT_R_CODES)
+    check_choice("act_t", act_t, ACT_T_CODES)
+    check_choice("merge", merge, MERGE_CODES)
+
+    _check_tensor("x", x, 5, "(T, B, C_in, H, W)")
+    T, B, C_in, H, W = x.shape
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"x must be a floating point tensor (float16, bfloat16, float32, float64), got {x.dtype}")
+
+    _check_tensor("weight_r", weight_r, 4, "(C, C_in, k_r, k_r)")
+    C = weight_r.shape[0]
+    if weight_r.shape[1] != C_in:
+        raise ValueError(
+            f"weight_r must have shape (C, C_in={C_in}, k_r, k_r) to match x's {C_in} channels, got {_shape(weight_r)}"
+        )
+    k_r = _check_kernel("weight_r", weight_r)
+
+    _check_tensor("weight_t", weight_t, 4, f"(C={C}, C_in + C={C_in + C}, k_t, k_t)")
+    if weight_t.shape[0] != C or weight_t.shape[1] != C_in + C:
+        raise ValueError(
+            f"weight_t must have shape (C={C}, C_in + C={C_in + C}, k_t, k_t) (it convolves cat([x_t, c_{{t-1}}])), "
+            f"got {_shape(weight_t)}"
+        )
+    k_t = _check_kernel("weight_t", weight_t)
+
+    named = [("weight_r", weight_r), ("weight_t", weight_t)]
+    for name, b in (("bias_r", bias_r), ("bias_t", bias_t)):
+        if b is not None:
+            _check_tensor(name, b, 1, f"(C={C},)")
+            if b.shape[0] != C:
+                raise ValueError(f"{name} must have shape (C={C},), got {_shape(b)}")
+            named.append((name, b))
+    if c0 is not None:
+        _check_tensor("c0", c0, 4, f"(B={B}, C={C}, H={H}, W={W})")
+        if tuple(c0.shape) != (B, C, H, W):
+            raise ValueError(f"c0 must have shape (B={B}, C={C}, H={H}, W={W}), got {_shape(c0)}")
+        named.append(("c0", c0))
+    for name, t in named:
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+
+    if td_mask is not None:
+        if not isinstance(td_mask, torch.Tensor):
+            raise TypeError(f"td_mask must be a bool tensor of shape (T,) or (T, B), got {type(td_mask).__name__}")
+        if td_mask.dtype != torch.bool:
+            raise ValueError(f"td_mask must have dtype torch.bool, got {td_mask.dtype}")
+        if tuple(td_mask.shape) not in ((T,), (T, B)):
+            raise ValueError(
+                f"td_mask must have shape (T={T},) (one coin per step) or (T={T}, B={B}) (one per sample), "
+                f"got {_shape(td_mask)}"
+            )
+        if td_mask.device != x.device:
+            raise ValueError(f"td_mask must be on x's device {x.device}, got {td_mask.device}")
+    return CBMShapes(T=T, B=B, C_in=C_in, C=C, H=H, W=W, k_r=k_r, k_t=k_t)
+
+
+def td_keep_mask(td_mask: Optional[torch.Tensor], T: int, B: int, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """The ``(T, B)`` multiplier for the gradient T sends back into x: 0 where Temporal Dropout drops."""
+    if td_mask is None:
+        return None
+    keep = (~td_mask).to(dtype)
+    return keep.view(T, 1).expand(T, B) if keep.dim() == 1 else keep

@@ -1,0 +1,94 @@
+"""Backend registry: which CBM implementations exist here, and which one ``backend="auto"`` picks.
+
+Every backend is a callable with the signature of :func:`deeprnn_cuda.reference.cbm_layer_ref`
+(validated arguments, ``c0`` materialized). Optional backends are imported lazily so that a missing
+extension or a missing Triton never breaks ``import deeprnn_cuda``.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict
+
+import torch
+
+from ._checks import BACKENDS, check_choice
+from .reference import cbm_layer_ref
+
+_warned_fallback = False
+
+
+def _native():
+    from . import _native
+
+    return _native
+
+
+def _triton():
+    from . import triton as triton_backend
+
+    return triton_backend
+
+
+def backend_status() -> Dict[str, str]:
+    """One line per backend saying whether it is usable here and why not (for ``deeprnn info``)."""
+    native = _native()
+    triton_backend = _triton()
+    status = {"reference": "available (pure PyTorch, CPU and CUDA)"}
+    if native.is_available():
+        devices = "CPU and CUDA" if native.cuda_compiled() else "CPU only (CUDA kernels not compiled in)"
+        status["native"] = f"available ({devices})"
+    else:
+        status["native"] = f"not available: {native.unavailable_reason()}"
+    if triton_backend.is_available():
+        status["triton"] = f"available (Triton {triton_backend.triton_version()})"
+    else:
+        status["triton"] = f"not available: {triton_backend.unavailable_reason()}"
+    return status
+
+
+def _native_supports(x: torch.Tensor) -> bool:
+    native = _native()
+    return native.is_available() and native.supports(x)
+
+
+def _triton_supports(x: torch.Tensor) -> bool:
+    triton_backend = _triton()
+    return triton_backend.is_available() and triton_backend.supports(x)
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> Callable:
+    """Return the implementation for ``backend`` on ``x``'s device and dtype.
+
+    ``"auto"`` prefers the compiled native op, then Triton on CUDA, then the reference (warning once).
+    An explicitly named backend that cannot run here raises ``RuntimeError`` saying why.
+    """
+    global _warned_fallback
+    check_choice("backend", backend, BACKENDS)
+    if backend == "reference":
+        return cbm_layer_ref
+    if backend == "native":
+        native = _native()
+        if not native.is_available():
+            raise RuntimeError(f"backend='native' is not available: {native.unavailable_reason()}")
+        if not native.supports(x):
+            raise RuntimeError(f"backend='native' does not support {x.dtype} tensors on {x.device.type}")
+        return native.cbm_layer_native
+    if backend == "triton":
+        triton_backend = _triton()
+        if not triton_backend.is_available():
+            raise RuntimeError(f"backend='triton' is not available: {triton_backend.unavailable_reason()}")
+        if not triton_backend.supports(x):
+            raise RuntimeError(f"backend='triton' does not support {x.dtype} tensors on {x.device.type}")
+        return triton_backend.cbm_layer_triton
+    if _native_supports(x):
+        return _native().cbm_layer_native
+    if x.is_cuda and _triton_supports(x):
+        return _triton().cbm_layer_triton
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"deeprnn_cuda: no compiled backend for {x.dtype} on {x.device.type}; using the slow reference "
+            f"implementation. {_native().unavailable_reason() or ''}".strip(),
+            stacklevel=3,
+        )
+    return cbm_layer_ref
