@@ -1,0 +1,54 @@
+// Shared declarations of the CBM ops: option codes, the device-generic recurrence driver, and the
+// per-step epilogue interface each device implements (csrc/cpu/, csrc/cuda/).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+namespace deeprnn {
+
+// Codes match deeprnn_cuda/_checks.py (ACT_R_CODES, ACT_T_CODES, MERGE_CODES).
+enum ActR : int64_t { kActRIdentity = 0, kActRRelu = 1, kActRTanh = 2 };
+enum ActT : int64_t { kActTSigmoid = 0, kActTRelu = 1 };
+enum Merge : int64_t { kMergeMul = 0, kMergeAdd = 1 };
+
+struct Options {
+  int64_t act_r;
+  int64_t act_t;
+  int64_t merge;
+};
+
+// One time step's fused elementwise work. Every tensor is (B, C, H, W) with contiguous (C, H, W) and an
+// arbitrary batch stride (the projections P_r, P_x and the gradient dG, dP_r are channel slices of one
+// (B, 2C, H, W) buffer).
+struct StepKernels {
+  // G = p_x + rec;  c = act_t(G);  r = act_r(p_r);  o = merge(r, c).
+  void (*forward)(const at::Tensor& p_r, const at::Tensor& p_x, const at::Tensor& rec, const at::Tensor& r,
+                  const at::Tensor& c, const at::Tensor& o, Options opt);
+  // dc = grad_o * dmerge/dc + grad_c + rec (rec undefined at the last step);  dG = dc * act_t'(c);
+  // dP_r = grad_o * dmerge/dr * act_r'(r). Derivatives are taken from the saved outputs r and c.
+  void (*backward)(const at::Tensor& grad_o, const at::Tensor& grad_c, const at::Tensor& rec, const at::Tensor& r,
+                   const at::Tensor& c, const at::Tensor& dG, const at::Tensor& dP_r, Options opt);
+};
+
+// Returns (o, c, r), each (T, B, C, H, W); r = act_r(conv(x, W_r) + b_r) is kept for backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cbm_forward_impl(
+    const at::Tensor& x, const at::Tensor& weight_r, const std::optional<at::Tensor>& bias_r,
+    const at::Tensor& weight_t, const std::optional<at::Tensor>& bias_t, const at::Tensor& c0, Options opt,
+    const StepKernels& kernels);
+
+// Returns (grad_x, grad_weight_r, grad_bias_r, grad_weight_t, grad_bias_t, grad_c0).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> cbm_backward_impl(
+    const at::Tensor& grad_o, const at::Tensor& grad_c, const at::Tensor& x, const at::Tensor& weight_r,
+    const at::Tensor& weight_t, const at::Tensor& c0, const at::Tensor& r, const at::Tensor& c,
+    const std::optional<at::Tensor>& td_mask, Options opt, const StepKernels& kernels);
+
+// Defensive checks for direct callers of torch.ops.deeprnn.* (the Python API validates first, with
+// friendlier messages); raise c10::ValueError, which surfaces in Python as ValueError.
+void check_forward_args(const at::Tensor& x, const at::Tensor& weight_r, const std::optional<at::Tensor>& bias_r,
+                        const at::Tensor& weight_t, const std::optional<at::Tensor>& bias_t, const at::Tensor& c0,
+                        Options opt);
+
+}  // namespace deeprnn

@@ -1,0 +1,167 @@
+// The device-generic CBM recurrence (DESIGN.md section 1, "Why it can be fast"): both input convolutions
+// for all T steps as one ATen convolution over T*B images, then the time loop in C++ with one C -> C
+// convolution and one fused epilogue per step. Backward mirrors it; weight gradients are batched after.
+#include "cbm.h"
+
+#include <c10/util/Exception.h>
+
+#include <array>
+
+namespace deeprnn {
+namespace {
+
+using at::Tensor;
+
+// Pads a square odd kernel with zeros to size k: "same" convolution with the padded kernel is unchanged.
+Tensor pad_kernel(const Tensor& w, int64_t k) {
+  const int64_t p = (k - w.size(-1)) / 2;
+  return p == 0 ? w : at::constant_pad_nd(w, {p, p, p, p});
+}
+
+// Undo pad_kernel on a gradient.
+Tensor crop_kernel(const Tensor& g, int64_t k) {
+  const int64_t p = (g.size(-1) - k) / 2;
+  return p == 0 ? g : g.narrow(2, p, k).narrow(3, p, k);
+}
+
+// The representation weights and the x-half of the temporal weights stacked on output channels, so both
+// input projections are one convolution with 2C output channels.
+Tensor input_weight(const Tensor& weight_r, const Tensor& w_tx) {
+  const int64_t k = std::max(weight_r.size(-1), w_tx.size(-1));
+  return at::cat({pad_kernel(weight_r, k), pad_kernel(w_tx, k)}, 0);
+}
+
+// The gradient of a stride-1 "same" convolution with respect to its input is the same convolution with
+// the kernel flipped spatially and its channel axes swapped.
+Tensor transpose_kernel(const Tensor& w) { return w.flip({2, 3}).transpose(0, 1).contiguous(); }
+
+Tensor same_conv(const Tensor& input, const Tensor& weight) {
+  return at::conv2d(input, weight, {}, 1, weight.size(-1) / 2);
+}
+
+}  // namespace
+
+void check_forward_args(const Tensor& x, const Tensor& weight_r, const std::optional<Tensor>& bias_r,
+                        const Tensor& weight_t, const std::optional<Tensor>& bias_t, const Tensor& c0,
+                        Options opt) {
+  TORCH_CHECK_VALUE(x.dim() == 5, "x must be (T, B, C_in, H, W), got ", x.sizes());
+  TORCH_CHECK_VALUE(weight_r.dim() == 4 && weight_r.size(1) == x.size(2), "weight_r must be (C, C_in=", x.size(2),
+                    ", k, k), got ", weight_r.sizes());
+  const int64_t C = weight_r.size(0);
+  TORCH_CHECK_VALUE(weight_t.dim() == 4 && weight_t.size(0) == C && weight_t.size(1) == x.size(2) + C,
+                    "weight_t must be (C=", C, ", C_in + C=", x.size(2) + C, ", k, k), got ", weight_t.sizes());
+  for (const Tensor* w : {&weight_r, &weight_t}) {
+    TORCH_CHECK_VALUE(w->size(2) == w->size(3) && w->size(2) % 2 == 1, "kernels must be square and odd, got ",
+                      w->sizes());
+  }
+  for (const auto* b : {&bias_r, &bias_t}) {
+    TORCH_CHECK_VALUE(!b->has_value() || ((*b)->dim() == 1 && (*b)->size(0) == C), "biases must be (C=", C, ",)");
+  }
+  TORCH_CHECK_VALUE(c0.dim() == 4 && c0.size(0) == x.size(1) && c0.size(1) == C && c0.size(2) == x.size(3) &&
+                        c0.size(3) == x.size(4),
+                    "c0 must be (B, C, H, W) = (", x.size(1), ", ", C, ", ", x.size(3), ", ", x.size(4), "), got ",
+                    c0.sizes());
+  TORCH_CHECK_VALUE(weight_r.scalar_type() == x.scalar_type() && weight_t.scalar_type() == x.scalar_type() &&
+                        c0.scalar_type() == x.scalar_type(),
+                    "x, weights and c0 must share one dtype");
+  TORCH_CHECK_VALUE(opt.act_r >= 0 && opt.act_r <= 2 && opt.act_t >= 0 && opt.act_t <= 1 && opt.merge >= 0 &&
+                        opt.merge <= 1,
+                    "unknown act_r/act_t/merge code");
+}
+
+std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tensor& weight_r,
+                                                    const std::optional<Tensor>& bias_r, const Tensor& weight_t,
+                                                    const std::optional<Tensor>& bias_t, const Tensor& c0,
+                                                    Options opt, const StepKernels& kernels) {
+  check_forward_args(x, weight_r, bias_r, weight_t, bias_t, c0, opt);
+  const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t C = weight_r.size(0);
+  auto o = at::empty({T, B, C, H, W}, x.options());
+  auto c = at::empty_like(o);
+  auto r = at::empty_like(o);
+  if (T == 0) return {o, c, r};
+
+  const Tensor w_tc = weight_t.narrow(1, C_in, C).contiguous();
+  const Tensor bias = at::cat({bias_r.has_value() ? *bias_r : at::zeros({C}, x.options()),
+                               bias_t.has_value() ? *bias_t : at::zeros({C}, x.options())});
+  const Tensor w_in = input_weight(weight_r, weight_t.narrow(1, 0, C_in));
+  // P = [P_r | P_x] for every (t, b): (T, B, 2C, H, W).
+  const Tensor P = at::conv2d(x.contiguous().view({T * B, C_in, H, W}), w_in, bias, 1, w_in.size(-1) / 2)
+                       .contiguous()
+                       .view({T, B, 2 * C, H, W});
+  for (int64_t t = 0; t < T; ++t) {
+    const Tensor rec = same_conv(t == 0 ? c0.contiguous() : c[t - 1], w_tc);
+    kernels.forward(P[t].narrow(1, 0, C), P[t].narrow(1, C, C), rec, r[t], c[t], o[t], opt);
+  }
+  return {o, c, r};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
+    const Tensor& grad_o_in, const Tensor& grad_c_in, const Tensor& x, const Tensor& weight_r,
+    const Tensor& weight_t, const Tensor& c0_in, const Tensor& r, const Tensor& c,
+    const std::optional<Tensor>& td_mask, Options opt, const StepKernels& kernels) {
+  check_forward_args(x, weight_r, std::nullopt, weight_t, std::nullopt, c0_in, opt);
+  const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t C = weight_r.size(0);
+  TORCH_CHECK_VALUE(grad_o_in.sizes() == c.sizes() && grad_c_in.sizes() == c.sizes() && r.sizes() == c.sizes() &&
+                        c.dim() == 5 && c.size(0) == T,
+                    "grad_o, grad_c, r and c must all be (T, B, C, H, W)");
+  if (T == 0) {
+    return {at::zeros_like(x), at::zeros_like(weight_r), at::zeros({C}, x.options()), at::zeros_like(weight_t),
+            at::zeros({C}, x.options()), at::zeros_like(c0_in)};
+  }
+  const Tensor grad_o = grad_o_in.contiguous(), grad_c = grad_c_in.contiguous();
+  const Tensor c0 = c0_in.contiguous();
+  const Tensor w_tc = weight_t.narrow(1, C_in, C);
+  const Tensor w_tc_t = transpose_kernel(w_tc);
+
+  // dP = [dP_r | dG] for every (t, b), laid out as the input projection's output so the input-conv
+  // backward reads it in place.
+  Tensor dP = at::empty({T, B, 2 * C, H, W}, x.options());
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const Tensor rec = t == T - 1 ? Tensor() : same_conv(dP[t + 1].narrow(1, C, C), w_tc_t);
+    kernels.backward(grad_o[t], grad_c[t], rec, r[t], c[t], dP[t].narrow(1, C, C), dP[t].narrow(1, 0, C), opt);
+  }
+  const Tensor dG = dP.narrow(2, C, C);
+  const Tensor grad_c0 = same_conv(dG[0], w_tc_t);
+
+  // Recurrent weight: pairs (c_{t-1}, dG_t) over all steps at once.
+  const Tensor c_prev = at::cat({c0.unsqueeze(0), c.narrow(0, 0, T - 1)}, 0).view({T * B, C, H, W});
+  const std::array<int64_t, 1> no_bias{0};
+  const Tensor dG_flat = dG.reshape({T * B, C, H, W});
+  const Tensor grad_w_tc = std::get<1>(at::convolution_backward(dG_flat, c_prev, w_tc, at::IntArrayRef(no_bias), {1, 1},
+                                                                {w_tc.size(-1) / 2, w_tc.size(-1) / 2}, {1, 1},
+                                                                false, {0, 0}, 1, {false, true, false}));
+
+  // Input projections: weights and biases see the full dG; Temporal Dropout cuts dG's path into x.
+  const Tensor w_in = input_weight(weight_r, weight_t.narrow(1, 0, C_in));
+  const int64_t k = w_in.size(-1);
+  const Tensor x_flat = x.contiguous().view({T * B, C_in, H, W});
+  const std::array<int64_t, 1> bias_sizes{2 * C};
+  auto input_conv_backward = [&](const Tensor& grad, std::array<bool, 3> mask) {
+    return at::convolution_backward(grad.view({T * B, 2 * C, H, W}), x_flat, w_in, at::IntArrayRef(bias_sizes),
+                                    {1, 1}, {k / 2, k / 2}, {1, 1}, false, {0, 0}, 1, mask);
+  };
+  Tensor grad_x, grad_w_in, grad_bias;
+  if (td_mask.has_value()) {
+    std::tie(std::ignore, grad_w_in, grad_bias) = input_conv_backward(dP, {false, true, true});
+    Tensor keep = td_mask->logical_not().to(x.scalar_type());
+    keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({T, B, 1, 1, 1});
+    Tensor dP_cut = dP.clone();
+    dP_cut.narrow(2, C, C).mul_(keep);
+    grad_x = std::get<0>(input_conv_backward(dP_cut, {true, false, false}));
+  } else {
+    std::tie(grad_x, grad_w_in, grad_bias) = input_conv_backward(dP, {true, true, true});
+  }
+  const Tensor grad_weight_r = crop_kernel(grad_w_in.narrow(0, 0, C), weight_r.size(-1)).contiguous();
+  const Tensor grad_w_tx = crop_kernel(grad_w_in.narrow(0, C, C), weight_t.size(-1));
+  const Tensor grad_weight_t = at::cat({grad_w_tx, grad_w_tc}, 1);
+  return {grad_x.view(x.sizes()),
+          grad_weight_r,
+          grad_bias.narrow(0, 0, C).contiguous(),
+          grad_weight_t,
+          grad_bias.narrow(0, C, C).contiguous(),
+          grad_c0};
+}
+
+}  // namespace deeprnn

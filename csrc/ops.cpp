@@ -1,0 +1,37 @@
+// Schemas of the deeprnn:: custom ops and the Python module stub. Importing deeprnn_cuda._C registers
+// them; the kernels are registered per device in csrc/cpu/ and csrc/cuda/, fake kernels and autograd in
+// deeprnn_cuda/_native.py.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty module: `from . import _C` only loads the shared library, whose static initializers register
+// the ops (the pattern of pytorch/extension-cpp; no pybind11 needed).
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace deeprnn {
+
+bool cuda_compiled() {
+#ifdef DEEPRNN_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+TORCH_LIBRARY(deeprnn, m) {
+  m.def(
+      "cbm_forward(Tensor x, Tensor weight_r, Tensor? bias_r, Tensor weight_t, Tensor? bias_t, Tensor c0, "
+      "Tensor? td_mask, int act_r, int act_t, int merge) -> (Tensor o, Tensor c, Tensor r)");
+  m.def(
+      "cbm_backward(Tensor grad_o, Tensor grad_c, Tensor x, Tensor weight_r, Tensor weight_t, Tensor c0, "
+      "Tensor r, Tensor c, Tensor? td_mask, int act_r, int act_t, int merge) -> (Tensor grad_x, "
+      "Tensor grad_weight_r, Tensor grad_bias_r, Tensor grad_weight_t, Tensor grad_bias_t, Tensor grad_c0)");
+  m.def("cuda_compiled() -> bool", &cuda_compiled);
+}
+
+}  // namespace deeprnn
