@@ -106,6 +106,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
   TORCH_CHECK_VALUE(grad_o_in.sizes() == c.sizes() && grad_c_in.sizes() == c.sizes() && r.sizes() == c.sizes() &&
                         c.dim() == 5 && c.size(0) == T,
                     "grad_o, grad_c, r and c must all be (T, B, C, H, W)");
+  TORCH_CHECK_VALUE(!td_mask.has_value() ||
+                        (td_mask->scalar_type() == at::kBool &&
+                         (td_mask->sizes() == at::IntArrayRef{T} || td_mask->sizes() == at::IntArrayRef{T, B})),
+                    "td_mask must be a bool tensor of shape (T,) or (T, B)");
   if (T == 0) {
     return {at::zeros_like(x), at::zeros_like(weight_r), at::zeros({C}, x.options()), at::zeros_like(weight_t),
             at::zeros({C}, x.options()), at::zeros_like(c0_in)};
@@ -158,9 +162,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
   const Tensor grad_weight_t = at::cat({grad_w_tx, grad_w_tc}, 1);
   return {grad_x.view(x.sizes()),
           grad_weight_r,
-          grad_bias.narrow(0, 0, C).contiguous(),
+          grad_bias.narrow(0, 0, C).clone(),  // outputs must not alias
           grad_weight_t,
-          grad_bias.narrow(0, C, C).contiguous(),
+          grad_bias.narrow(0, C, C).clone(),
           grad_c0};
 }
 

@@ -9,6 +9,10 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# Test tensors are tiny: intra-op threads only add synchronisation overhead (and on a loaded 2-core
+# machine, 1000x slowdowns). Tests that exercise the parallel paths raise the count themselves.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _no_tf32():

@@ -221,3 +221,17 @@ def test_native_directly_with_bad_shapes_raises_value_error():
     with pytest.raises(ValueError, match="weight_t"):
         torch.ops.deeprnn.cbm_forward(x, torch.randn(2, 3, 3, 3), None, torch.randn(2, 4, 3, 3), None,
                                       torch.randn(1, 2, 4, 4), None, 1, 0, 0)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_multithreaded_epilogue_matches_reference(backend):
+    """Large enough for at::parallel_for to split the step over threads and across batch boundaries."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs = make_inputs(T=2, B=3, C_in=2, C=9, H=40, W=41, seed=13)
+        for n, a, b in zip("o c dx dwr dbr dwt dbt dc0".split(), run_with_grads(inputs, backend),
+                           run_with_grads(inputs, "reference")):
+            assert_close_rel(a, b, torch.float64, n)
+    finally:
+        torch.set_num_threads(threads)
