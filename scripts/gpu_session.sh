@@ -79,7 +79,7 @@ PYTEST_GPU=("$PY" -m pytest -q -m cuda -rfE --durations=15 -p no:cacheprovider t
 stage "pytest -m cuda" "$OUT/tests.log" 240 60 "${PYTEST_GPU[@]}"
 
 # 4. The CPU suite (everything not marked cuda), quickly.
-stage "pytest cpu suite" "$OUT/tests.log" 120 40 "$PY" -m pytest -q -x -m "not cuda" -rfE -p no:cacheprovider tests
+stage "pytest cpu suite" "$OUT/tests.log" 120 40 "$PY" -m pytest -q -m "not cuda" -rfE -p no:cacheprovider tests
 
 # 5. compute-sanitizer memcheck on a small subset of the GPU tests (the fused kernels, scalar and vectorized,
 #    every dtype; TD; the internal CUDA graphs).
