@@ -5,6 +5,7 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <array>
 
 namespace deeprnn {
@@ -16,12 +17,6 @@ using at::Tensor;
 Tensor pad_kernel(const Tensor& w, int64_t k) {
   const int64_t p = (k - w.size(-1)) / 2;
   return p == 0 ? w : at::constant_pad_nd(w, {p, p, p, p});
-}
-
-// Undo pad_kernel on a gradient.
-Tensor crop_kernel(const Tensor& g, int64_t k) {
-  const int64_t p = (g.size(-1) - k) / 2;
-  return p == 0 ? g : g.narrow(2, p, k).narrow(3, p, k);
 }
 
 // The representation weights and the x-half of the temporal weights stacked on output channels, so both
@@ -85,13 +80,19 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tenso
   const Tensor bias = at::cat({bias_r.has_value() ? *bias_r : at::zeros({C}, x.options()),
                                bias_t.has_value() ? *bias_t : at::zeros({C}, x.options())});
   const Tensor w_in = input_weight(weight_r, weight_t.narrow(1, 0, C_in));
-  // P = [P_r | P_x] for every (t, b): (T, B, 2C, H, W).
-  const Tensor P = at::conv2d(x.contiguous().view({T * B, C_in, H, W}), w_in, bias, 1, w_in.size(-1) / 2)
-                       .contiguous()
-                       .view({T, B, 2 * C, H, W});
-  for (int64_t t = 0; t < T; ++t) {
-    const Tensor rec = same_conv(t == 0 ? c0.contiguous() : c[t - 1], w_tc);
-    kernels.forward(P[t].narrow(1, 0, C), P[t].narrow(1, C, C), rec, r[t], c[t], o[t], opt);
+  const Tensor x_c = x.contiguous();
+  const int64_t steps_per_chunk =
+      kernels.input_chunk_images > 0 ? std::max<int64_t>(1, kernels.input_chunk_images / B) : T;
+  for (int64_t t0 = 0; t0 < T; t0 += steps_per_chunk) {
+    const int64_t n = std::min(steps_per_chunk, T - t0);
+    // P = [P_r | P_x] for the chunk's (t, b): (n, B, 2C, H, W).
+    const Tensor P = at::conv2d(x_c.narrow(0, t0, n).view({n * B, C_in, H, W}), w_in, bias, 1, w_in.size(-1) / 2)
+                         .contiguous()
+                         .view({n, B, 2 * C, H, W});
+    for (int64_t t = t0; t < t0 + n; ++t) {
+      const Tensor rec = same_conv(t == 0 ? c0.contiguous() : c[t - 1], w_tc);
+      kernels.forward(P[t - t0].narrow(1, 0, C), P[t - t0].narrow(1, C, C), rec, r[t], c[t], o[t], opt);
+    }
   }
   return {o, c, r};
 }
@@ -116,55 +117,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
   }
   const Tensor grad_o = grad_o_in.contiguous(), grad_c = grad_c_in.contiguous();
   const Tensor c0 = c0_in.contiguous();
-  const Tensor w_tc = weight_t.narrow(1, C_in, C);
+  const Tensor w_tx = weight_t.narrow(1, 0, C_in), w_tc = weight_t.narrow(1, C_in, C);
   const Tensor w_tc_t = transpose_kernel(w_tc);
 
-  // dP = [dP_r | dG] for every (t, b), laid out as the input projection's output so the input-conv
-  // backward reads it in place.
-  Tensor dP = at::empty({T, B, 2 * C, H, W}, x.options());
+  // The only sequential part: dG_t needs convT(dG_{t+1}, W_tc).
+  const Tensor dG = at::empty({T, B, C, H, W}, x.options());
+  const Tensor dP_r = at::empty_like(dG);
   for (int64_t t = T - 1; t >= 0; --t) {
-    const Tensor rec = t == T - 1 ? Tensor() : same_conv(dP[t + 1].narrow(1, C, C), w_tc_t);
-    kernels.backward(grad_o[t], grad_c[t], rec, r[t], c[t], dP[t].narrow(1, C, C), dP[t].narrow(1, 0, C), opt);
+    const Tensor rec = t == T - 1 ? Tensor() : same_conv(dG[t + 1], w_tc_t);
+    kernels.backward(grad_o[t], grad_c[t], rec, r[t], c[t], dG[t], dP_r[t], opt);
   }
-  const Tensor dG = dP.narrow(2, C, C);
   const Tensor grad_c0 = same_conv(dG[0], w_tc_t);
 
-  // Recurrent weight: pairs (c_{t-1}, dG_t) over all steps at once.
-  const Tensor c_prev = at::cat({c0.unsqueeze(0), c.narrow(0, 0, T - 1)}, 0).view({T * B, C, H, W});
-  const std::array<int64_t, 1> no_bias{0};
-  const Tensor dG_flat = dG.reshape({T * B, C, H, W});
-  const Tensor grad_w_tc = std::get<1>(at::convolution_backward(dG_flat, c_prev, w_tc, at::IntArrayRef(no_bias), {1, 1},
-                                                                {w_tc.size(-1) / 2, w_tc.size(-1) / 2}, {1, 1},
-                                                                false, {0, 0}, 1, {false, true, false}));
-
-  // Input projections: weights and biases see the full dG; Temporal Dropout cuts dG's path into x.
-  const Tensor w_in = input_weight(weight_r, weight_t.narrow(1, 0, C_in));
-  const int64_t k = w_in.size(-1);
+  // Everything else is batched over all T*B images.
   const Tensor x_flat = x.contiguous().view({T * B, C_in, H, W});
-  const std::array<int64_t, 1> bias_sizes{2 * C};
-  auto input_conv_backward = [&](const Tensor& grad, std::array<bool, 3> mask) {
-    return at::convolution_backward(grad.view({T * B, 2 * C, H, W}), x_flat, w_in, at::IntArrayRef(bias_sizes),
-                                    {1, 1}, {k / 2, k / 2}, {1, 1}, false, {0, 0}, 1, mask);
+  const Tensor dG_flat = dG.view({T * B, C, H, W});
+  auto conv_backward = [](const Tensor& grad, const Tensor& input, const Tensor& weight, std::array<bool, 3> mask) {
+    const int64_t p = weight.size(-1) / 2;
+    const std::array<int64_t, 1> bias_sizes{weight.size(0)};
+    return at::convolution_backward(grad, input, weight, at::IntArrayRef(bias_sizes), {1, 1}, {p, p}, {1, 1}, false,
+                                    {0, 0}, 1, mask);
   };
-  Tensor grad_x, grad_w_in, grad_bias;
-  if (td_mask.has_value()) {
-    std::tie(std::ignore, grad_w_in, grad_bias) = input_conv_backward(dP, {false, true, true});
+  // Recurrent weight: pairs (c_{t-1}, dG_t).
+  const Tensor c_prev = at::cat({c0.unsqueeze(0), c.narrow(0, 0, T - 1)}, 0).view({T * B, C, H, W});
+  const Tensor grad_w_tc = std::get<1>(conv_backward(dG_flat, c_prev, w_tc, {false, true, false}));
+  // Input projections. Temporal Dropout cuts dG's path into x; W_t and b_t still see the full dG.
+  auto [grad_x, grad_weight_r, grad_bias_r] = conv_backward(dP_r.view({T * B, C, H, W}), x_flat, weight_r,
+                                                            {true, true, true});
+  const bool td = td_mask.has_value();
+  auto [grad_x_t, grad_w_tx, grad_bias_t] = conv_backward(dG_flat, x_flat, w_tx, {!td, true, true});
+  if (td) {
     Tensor keep = td_mask->logical_not().to(x.scalar_type());
-    keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({T, B, 1, 1, 1});
-    Tensor dP_cut = dP.clone();
-    dP_cut.narrow(2, C, C).mul_(keep);
-    grad_x = std::get<0>(input_conv_backward(dP_cut, {true, false, false}));
-  } else {
-    std::tie(grad_x, grad_w_in, grad_bias) = input_conv_backward(dP, {true, true, true});
+    keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({T * B, 1, 1, 1});
+    grad_x_t = std::get<0>(conv_backward(dG_flat * keep, x_flat, w_tx, {true, false, false}));
   }
-  const Tensor grad_weight_r = crop_kernel(grad_w_in.narrow(0, 0, C), weight_r.size(-1)).contiguous();
-  const Tensor grad_w_tx = crop_kernel(grad_w_in.narrow(0, C, C), weight_t.size(-1));
-  const Tensor grad_weight_t = at::cat({grad_w_tx, grad_w_tc}, 1);
-  return {grad_x.view(x.sizes()),
-          grad_weight_r,
-          grad_bias.narrow(0, 0, C).clone(),  // outputs must not alias
-          grad_weight_t,
-          grad_bias.narrow(0, C, C).clone(),
+  grad_x.add_(grad_x_t);
+  return {grad_x.view(x.sizes()), grad_weight_r, grad_bias_r, at::cat({grad_w_tx, grad_w_tc}, 1), grad_bias_t,
           grad_c0};
 }
 

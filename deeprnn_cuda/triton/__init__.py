@@ -1,24 +1,104 @@
-"""Triton backend (issue 4): placeholder until the kernels land."""
+"""Triton backend: fused CBM recurrence kernels (forward and backward) registered as custom ops.
+
+Triton is optional: when it cannot be imported, :func:`is_available` is False,
+:func:`unavailable_reason` names the missing package, ``backend="triton"`` raises with that reason and
+``backend="auto"`` never picks this backend.
+
+Where it runs: CUDA tensors when a GPU is present; CPU tensors only under the Triton interpreter
+(``TRITON_INTERPRET=1`` set before this module was imported, as ``tests/conftest.py`` does), which is how
+CI tests the kernels. Layout of the package: :mod:`.kernels` (the ``@triton.jit`` kernels and their
+launchers), :mod:`.ops` (the ``deeprnn_triton::`` custom ops, fake kernels and autograd).
+"""
 from __future__ import annotations
+
+from typing import Optional, Tuple
 
 import torch
 
+from .._checks import ACT_R_CODES, ACT_T_CODES, MERGE_CODES
+
+try:
+    import triton as _triton_pkg
+
+    _IMPORT_ERROR: Optional[BaseException] = None
+    _PACKAGE_MISSING = False
+except ImportError as e:  # triton is not installed (or cannot be imported)
+    _triton_pkg = None
+    _IMPORT_ERROR = e
+    _PACKAGE_MISSING = True
+
+if _IMPORT_ERROR is None:
+    try:
+        from . import kernels as _kernels
+        from . import ops as _ops  # noqa: F401  (importing registers the deeprnn_triton:: ops)
+    except Exception as e:  # e.g. a Triton too old for these kernels
+        _IMPORT_ERROR = e
+
+#: dtypes the kernels handle: float32 (tf32 optional) and bf16/fp16 with float32 accumulation.
+CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: the interpreter has no bfloat16 math
+INTERPRETER_DTYPES = (torch.float32, torch.float16)
+
 
 def is_available() -> bool:
-    return False
+    """True when Triton imported and the kernels compiled into Python objects."""
+    return _IMPORT_ERROR is None
 
 
 def unavailable_reason() -> str:
-    return "the Triton kernels are not implemented yet"
+    """Why the Triton backend is missing (empty when it is available)."""
+    if _IMPORT_ERROR is None:
+        return ""
+    if _PACKAGE_MISSING or (isinstance(_IMPORT_ERROR, ImportError) and getattr(_IMPORT_ERROR, "name", "") == "triton"):
+        return (f"the optional package 'triton' is not installed ({_IMPORT_ERROR}); "
+                "install it with `pip install triton` (it ships with CUDA builds of torch on Linux)")
+    return f"the Triton kernels failed to load ({type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR})"
 
 
 def triton_version() -> str:
-    return ""
+    return getattr(_triton_pkg, "__version__", "") if _triton_pkg is not None else ""
+
+
+def interpreter_active() -> bool:
+    """True when the kernels were defined under ``TRITON_INTERPRET=1`` (they then run on CPU tensors)."""
+    return is_available() and _kernels.INTERPRET
 
 
 def supports(x: torch.Tensor) -> bool:
-    return False
+    """Whether the Triton kernels handle ``x``'s device and dtype here."""
+    if not is_available():
+        return False
+    if _kernels.INTERPRET:
+        return x.device.type == "cpu" and x.dtype in INTERPRETER_DTYPES
+    return x.device.type == "cuda" and torch.cuda.is_available() and x.dtype in CUDA_DTYPES
 
 
-def cbm_layer_triton(*args, **kwargs):
-    raise RuntimeError("backend='triton' is not available: " + unavailable_reason())
+def set_mode(mode: str) -> str:
+    """Force the launch strategy: ``"auto"`` (by shape), ``"single"`` (a launch per step) or
+    ``"multi"`` (one launch for all steps); returns the previous mode."""
+    if not is_available():
+        raise RuntimeError(f"backend='triton' is not available: {unavailable_reason()}")
+    return _kernels.set_mode(mode)
+
+
+def cbm_layer_triton(
+    x: torch.Tensor,
+    weight_r: torch.Tensor,
+    bias_r: Optional[torch.Tensor],
+    weight_t: torch.Tensor,
+    bias_t: Optional[torch.Tensor],
+    c0: torch.Tensor,
+    *,
+    td_mask: Optional[torch.Tensor] = None,
+    act_r: str = "relu",
+    act_t: str = "sigmoid",
+    merge: str = "mul",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The CBM layer on the Triton ops; same contract as :func:`deeprnn_cuda.reference.cbm_layer_ref`."""
+    if not is_available():
+        raise RuntimeError(f"backend='triton' is not available: {unavailable_reason()}")
+    o, c, _ = torch.ops.deeprnn_triton.cbm_forward(
+        x, weight_r, bias_r, weight_t, bias_t, c0, td_mask,
+        ACT_R_CODES[act_r], ACT_T_CODES[act_t], MERGE_CODES[merge],
+    )
+    return o, c
