@@ -1,0 +1,195 @@
+"""GPU benchmark of the CBM backends (issue 3's table): ``python -m benchmarks.gpu [--quick] [--out FILE]``.
+
+For every canonical shape (T=16, B=16; L: 64 ch at 56x56, M: 128 at 28x28, S: 256 at 14x14, XS: 512 at 7x7),
+dtype (float32, bf16) and pass (fwd, fwd+bwd) it times, side by side in one process: the native CUDA backend,
+the Triton backend, the authors' per-step eager formulation and ``torch.compile`` of the reference. Also a
+training step of a 15-layer CBM stack (C=64, 28x28, shortcuts every 2). Reports medians (CUDA events), % of
+roofline (FLOPs and minimum bytes against the measured matmul rate and copy bandwidth) and peak memory, and
+the geometric means of the fwd+bwd speed-ups. ``--quick`` runs tiny shapes (also on CPU) to check the script.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from benchmarks.cases import Shape
+from deeprnn_cuda import CBM, _native, cbm_layer_ref
+from deeprnn_cuda import triton as triton_backend
+from deeprnn_cuda.authors import AuthorsRBM
+
+CANONICAL = {"L": Shape(16, 16, 64, 64, 56, 56), "M": Shape(16, 16, 128, 128, 28, 28),
+             "S": Shape(16, 16, 256, 256, 14, 14), "XS": Shape(16, 16, 512, 512, 7, 7)}
+QUICK = {"tiny": Shape(4, 2, 8, 8, 8, 8)}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int = 3) -> float:
+    """Median seconds per call; CUDA events on the GPU, perf_counter on the CPU."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory(fn: Callable[[], None], device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def machine_rates(device: torch.device, dtype: torch.dtype) -> Dict[str, float]:
+    """Measured dense matmul FLOP/s and device copy bytes/s (the roofline's two ceilings)."""
+    n = 8192 if device.type == "cuda" else 512
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    t = median_time(lambda: a @ b, device, 10)
+    src = torch.empty(2**28 if device.type == "cuda" else 2**22, device=device, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    tc = median_time(lambda: dst.copy_(src), device, 10)
+    return {"flops": 2 * n**3 / t, "bytes": 2 * src.numel() / tc}
+
+
+def cbm_costs(s: Shape, dtype: torch.dtype, train: bool) -> Dict[str, float]:
+    """FLOPs of the layer (backward = 2x forward) and the bytes it must at least move."""
+    pixels = s.T * s.B * s.H * s.W
+    fwd = 2 * pixels * s.C * (s.C_in + s.C_in + s.C) * s.k * s.k
+    elt = torch.finfo(dtype).bits // 8
+    fwd_bytes = pixels * (s.C_in + 3 * s.C) * elt  # read x; write o, c and the saved r
+    bwd_bytes = pixels * (4 * s.C + s.C + s.C_in) * elt  # read dO, r, c (+dC); write dx
+    return {"flops": fwd * (3 if train else 1), "bytes": fwd_bytes + (bwd_bytes if train else 0)}
+
+
+def layer_contenders(s: Shape, dtype: torch.dtype, device: torch.device, train: bool) -> Dict[str, Callable]:
+    torch.manual_seed(0)
+    authors = AuthorsRBM(s.C_in, s.C, s.k).to(device=device, dtype=dtype)
+    x_bt = torch.randn(s.B, s.T, s.C_in, s.H, s.W, device=device, dtype=dtype).requires_grad_(train)
+    x_tb = x_bt.detach().transpose(0, 1).contiguous().requires_grad_(train)
+
+    def run(model_call: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def fn() -> None:
+            with torch.set_grad_enabled(train):
+                out = model_call()
+                if train:
+                    out.float().sum().backward()
+        return fn
+
+    fns = {"authors eager": run(lambda: authors(x_bt)[0])}
+    backends = []
+    if _native.is_available() and _native.supports(x_tb):
+        backends.append("native")
+    if triton_backend.is_available() and triton_backend.supports(x_tb):
+        backends.append("triton")
+    model_ref = CBM.from_authors_state_dict(authors.state_dict(), backend="reference")
+    for backend in backends:
+        model = CBM.from_authors_state_dict(authors.state_dict(), backend=backend)
+        fns[backend] = run(lambda model=model: model(x_tb)[0])
+    layer = model_ref.layers[0]
+    c0 = torch.zeros(s.B, s.C, s.H, s.W, device=device, dtype=dtype)
+    compiled = torch.compile(lambda x: cbm_layer_ref(x, layer.weight_r, layer.bias_r, layer.weight_t, layer.bias_t,
+                                                      c0, act_r="tanh")[0])
+    fns["torch.compile(reference)"] = run(lambda: compiled(x_tb))
+    return fns
+
+
+def stack_contenders(device: torch.device, dtype: torch.dtype, quick: bool) -> Dict[str, Callable]:
+    """One training step (fwd+bwd+SGD) of a 15-layer CBM stack, C=64 at 28x28, shortcuts every 2."""
+    T, B, C, HW, layers = (4, 2, 8, 8, 3) if quick else (16, 16, 64, 28, 15)
+    torch.manual_seed(0)
+    x = torch.randn(T, B, C, HW, HW, device=device, dtype=dtype)
+    fns = {}
+    backends = ["reference"] + [b for b, ok in (("native", _native.is_available() and _native.supports(x)),
+                                                ("triton", triton_backend.is_available() and triton_backend.supports(x)))
+                                if ok]
+    for backend in backends:
+        model = CBM(C, C, 3, num_layers=layers, shortcut_every=2, backend=backend).to(device=device, dtype=dtype)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        name = "eager per-step (reference)" if backend == "reference" else backend
+
+        def step(model=model, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            model(x)[0].float().square().mean().backward()
+            opt.step()
+        fns[name] = step
+    return fns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, to check the script (CPU works)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", help="also write the markdown table to this file")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    torch.backends.cudnn.benchmark = True
+    lines = [f"device: {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; median of {args.repeats}",
+             "", "| shape | dtype | pass | contender | median ms | % roofline | peak MiB | vs eager | vs compile |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    speedups: Dict[str, List[float]] = {"eager": [], "compile": []}
+    shapes = QUICK if args.quick else CANONICAL
+    for dtype in (torch.float32, torch.bfloat16):
+        if device.type == "cpu" and dtype == torch.bfloat16:
+            continue
+        rates = machine_rates(device, dtype)
+        for label, s in shapes.items():
+            for train in (False, True):
+                fns = layer_contenders(s, dtype, device, train)
+                times = {k: median_time(f, device, args.repeats) for k, f in fns.items()}
+                cost = cbm_costs(s, dtype, train)
+                roof = max(cost["flops"] / rates["flops"], cost["bytes"] / rates["bytes"])
+                for k, t in times.items():
+                    mem = peak_memory(fns[k], device)
+                    ve, vc = times["authors eager"] / t, times["torch.compile(reference)"] / t
+                    lines.append(f"| {label} {s} | {str(dtype)[6:]} | {'fwd+bwd' if train else 'fwd'} | {k} | "
+                                 f"{t * 1e3:.3f} | {100 * roof / t:.1f} | {'' if mem is None else f'{mem:.0f}'} | "
+                                 f"{ve:.2f}x | {vc:.2f}x |")
+                best = min((t for k, t in times.items() if k in ("native", "triton")), default=None)
+                if train and best is not None:
+                    speedups["eager"].append(times["authors eager"] / best)
+                    speedups["compile"].append(times["torch.compile(reference)"] / best)
+        stack = stack_contenders(device, dtype, args.quick)
+        stimes = {k: median_time(f, device, max(3, args.repeats // 4)) for k, f in stack.items()}
+        base = stimes["eager per-step (reference)"]
+        for k, t in stimes.items():
+            mem = peak_memory(stack[k], device)
+            lines.append(f"| 15-layer CBM train step | {str(dtype)[6:]} | train | {k} | {t * 1e3:.3f} | | "
+                         f"{'' if mem is None else f'{mem:.0f}'} | {base / t:.2f}x | |")
+    for k, v in speedups.items():
+        if v:
+            lines.append(f"\ngeomean fwd+bwd vs {'eager' if k == 'eager' else 'torch.compile'}: "
+                         f"{math.exp(sum(map(math.log, v)) / len(v)):.2f}x")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
