@@ -31,8 +31,8 @@ struct StepKernels {
   // dP_r = grad_o * dmerge/dr * act_r'(r). Derivatives are taken from the saved outputs r and c.
   void (*backward)(const at::Tensor& grad_o, const at::Tensor& grad_c, const at::Tensor& rec, const at::Tensor& r,
                    const at::Tensor& c, const at::Tensor& dG, const at::Tensor& dP_r, Options opt);
-  // Most images per forward input-projection convolution; 0 means all T*B at once. oneDNN runs large NCHW
-  // batches markedly slower per image than batches of ~16, so the CPU computes P a few steps at a time.
+  // Most images per input-projection convolution (forward and backward); 0 means all T*B at once. oneDNN
+  // runs large NCHW batches markedly slower per image than batches of ~16, so the CPU goes a chunk at a time.
   int64_t input_chunk_images = 0;
 };
 

@@ -34,6 +34,15 @@ Tensor same_conv(const Tensor& input, const Tensor& weight) {
   return at::conv2d(input, weight, {}, 1, weight.size(-1) / 2);
 }
 
+// Gradients of a stride-1 "same" convolution (with bias) for the outputs selected by mask.
+std::tuple<Tensor, Tensor, Tensor> conv_backward(const Tensor& grad, const Tensor& input, const Tensor& weight,
+                                                 std::array<bool, 3> mask) {
+  const int64_t p = weight.size(-1) / 2;
+  const std::array<int64_t, 1> bias_sizes{weight.size(0)};
+  return at::convolution_backward(grad, input, weight, at::IntArrayRef(bias_sizes), {1, 1}, {p, p}, {1, 1}, false,
+                                  {0, 0}, 1, mask);
+}
+
 }  // namespace
 
 void check_forward_args(const Tensor& x, const Tensor& weight_r, const std::optional<Tensor>& bias_r,
@@ -130,28 +139,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
   const Tensor grad_c0 = same_conv(dG[0], w_tc_t);
 
   // Everything else is batched over all T*B images.
-  const Tensor x_flat = x.contiguous().view({T * B, C_in, H, W});
-  const Tensor dG_flat = dG.view({T * B, C, H, W});
-  auto conv_backward = [](const Tensor& grad, const Tensor& input, const Tensor& weight, std::array<bool, 3> mask) {
-    const int64_t p = weight.size(-1) / 2;
-    const std::array<int64_t, 1> bias_sizes{weight.size(0)};
-    return at::convolution_backward(grad, input, weight, at::IntArrayRef(bias_sizes), {1, 1}, {p, p}, {1, 1}, false,
-                                    {0, 0}, 1, mask);
-  };
-  // Recurrent weight: pairs (c_{t-1}, dG_t).
-  const Tensor c_prev = at::cat({c0.unsqueeze(0), c.narrow(0, 0, T - 1)}, 0).view({T * B, C, H, W});
-  const Tensor grad_w_tc = std::get<1>(conv_backward(dG_flat, c_prev, w_tc, {false, true, false}));
-  // Input projections. Temporal Dropout cuts dG's path into x; W_t and b_t still see the full dG.
-  auto [grad_x, grad_weight_r, grad_bias_r] = conv_backward(dP_r.view({T * B, C, H, W}), x_flat, weight_r,
-                                                            {true, true, true});
-  const bool td = td_mask.has_value();
-  auto [grad_x_t, grad_w_tx, grad_bias_t] = conv_backward(dG_flat, x_flat, w_tx, {!td, true, true});
-  if (td) {
-    Tensor keep = td_mask->logical_not().to(x.scalar_type());
-    keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({T * B, 1, 1, 1});
-    grad_x_t = std::get<0>(conv_backward(dG_flat * keep, x_flat, w_tx, {true, false, false}));
+  const int64_t TB = T * B;
+  const Tensor x_flat = x.contiguous().view({TB, C_in, H, W});
+  const Tensor dG_flat = dG.view({TB, C, H, W}), dP_r_flat = dP_r.view({TB, C, H, W});
+  // Recurrent weight: pairs (c_{t-1}, dG_t); the c0 pair apart, so no concatenated copy of the states.
+  Tensor grad_w_tc = std::get<1>(conv_backward(dG[0], c0, w_tc, {false, true, false}));
+  if (T > 1) {
+    grad_w_tc.add_(std::get<1>(conv_backward(dG_flat.narrow(0, B, TB - B),
+                                             c.narrow(0, 0, T - 1).view({TB - B, C, H, W}), w_tc,
+                                             {false, true, false})));
   }
-  grad_x.add_(grad_x_t);
+  // Input projections, in chunks of images (see StepKernels::input_chunk_images). Temporal Dropout cuts dG's
+  // path into x; W_t and b_t still see the full dG.
+  Tensor keep;
+  if (td_mask.has_value()) {
+    keep = td_mask->logical_not().to(x.scalar_type());
+    keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({TB, 1, 1, 1});
+  }
+  const int64_t chunk = kernels.input_chunk_images > 0 ? kernels.input_chunk_images : TB;
+  Tensor grad_x = at::empty_like(x_flat), grad_weight_r, grad_bias_r, grad_w_tx, grad_bias_t;
+  for (int64_t i = 0; i < TB; i += chunk) {
+    const int64_t n = std::min(chunk, TB - i);
+    const Tensor xs = x_flat.narrow(0, i, n), dg = dG_flat.narrow(0, i, n);
+    auto [dx_r, gw_r, gb_r] = conv_backward(dP_r_flat.narrow(0, i, n), xs, weight_r, {true, true, true});
+    auto [dx_t, gw_tx, gb_t] = conv_backward(dg, xs, w_tx, {!keep.defined(), true, true});
+    if (keep.defined()) {
+      dx_t = std::get<0>(conv_backward(dg * keep.narrow(0, i, n), xs, w_tx, {true, false, false}));
+    }
+    Tensor grad_x_chunk = grad_x.narrow(0, i, n);
+    at::add_out(grad_x_chunk, dx_r, dx_t);
+    if (i == 0) {
+      grad_weight_r = gw_r, grad_bias_r = gb_r, grad_w_tx = gw_tx, grad_bias_t = gb_t;
+    } else {
+      grad_weight_r.add_(gw_r), grad_bias_r.add_(gb_r), grad_w_tx.add_(gw_tx), grad_bias_t.add_(gb_t);
+    }
+  }
   return {grad_x.view(x.sizes()), grad_weight_r, grad_bias_r, at::cat({grad_w_tx, grad_w_tc}, 1), grad_bias_t,
           grad_c0};
 }
