@@ -11,6 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from ._checks import ACT_R_CODES, ACT_T_CODES, MERGE_CODES
+from ._op_autograd import cbm_backward_fake, cbm_forward_fake, register_cbm_autograd
 
 BUILD_HINT = (
     "build the extension with `pip install --no-build-isolation -e .` from the repository root "
@@ -76,44 +77,6 @@ def cbm_layer_native(
 
 
 if is_available():
-
-    @torch.library.register_fake("deeprnn::cbm_forward")
-    def _cbm_forward_fake(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge):
-        T, B, _, H, W = x.shape
-        shape = (T, B, weight_r.shape[0], H, W)
-        return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
-
-    @torch.library.register_fake("deeprnn::cbm_backward")
-    def _cbm_backward_fake(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge):
-        C = weight_r.shape[0]
-        return (
-            torch.empty_like(x),
-            torch.empty_like(weight_r),
-            weight_r.new_empty(C),
-            torch.empty_like(weight_t),
-            weight_t.new_empty(C),
-            torch.empty_like(c0),
-        )
-
-    def _setup_context(ctx, inputs, output):
-        x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge = inputs
-        _, c, r = output
-        ctx.save_for_backward(x, weight_r, weight_t, c0, r, c, td_mask)
-        ctx.codes = (act_r, act_t, merge)
-        ctx.has_bias = (bias_r is not None, bias_t is not None)
-
-    def _backward(ctx, grad_o, grad_c, grad_r):
-        x, weight_r, weight_t, c0, r, c, td_mask = ctx.saved_tensors
-        # r is saved for backward only; the public API never returns it, so grad_r is always zero.
-        grad_o = torch.zeros_like(c) if grad_o is None else grad_o
-        grad_c = torch.zeros_like(c) if grad_c is None else grad_c
-        dx, dw_r, db_r, dw_t, db_t, dc0 = torch.ops.deeprnn.cbm_backward(
-            grad_o.contiguous(), grad_c.contiguous(), x, weight_r, weight_t, c0, r, c, td_mask, *ctx.codes
-        )
-        has_bias_r, has_bias_t = ctx.has_bias
-        return (
-            dx, dw_r, db_r if has_bias_r else None, dw_t, db_t if has_bias_t else None, dc0,
-            None, None, None, None,
-        )
-
-    torch.library.register_autograd("deeprnn::cbm_forward", _backward, setup_context=_setup_context)
+    torch.library.register_fake("deeprnn::cbm_forward", cbm_forward_fake)
+    torch.library.register_fake("deeprnn::cbm_backward", cbm_backward_fake)
+    register_cbm_autograd("deeprnn::cbm_forward", torch.ops.deeprnn.cbm_backward)

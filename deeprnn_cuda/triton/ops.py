@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._op_autograd import cbm_backward_fake, cbm_forward_fake, register_cbm_autograd
 from . import kernels
 
 
@@ -79,11 +80,7 @@ def cbm_forward(
     return o, c, r
 
 
-@cbm_forward.register_fake
-def _cbm_forward_fake(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge):
-    T, B, _, H, W = x.shape
-    shape = (T, B, weight_r.shape[0], H, W)
-    return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
+cbm_forward.register_fake(cbm_forward_fake)
 
 
 def _conv_bwd(grad, inp, weight, bias: bool, mask: List[bool]):
@@ -143,40 +140,5 @@ def cbm_backward(
     return dx, dw_r, db_r, dw_t, db_t, dc0
 
 
-@cbm_backward.register_fake
-def _cbm_backward_fake(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge):
-    C = weight_r.shape[0]
-    return (
-        torch.empty_like(x),
-        torch.empty_like(weight_r),
-        weight_r.new_empty(C),
-        torch.empty_like(weight_t),
-        weight_t.new_empty(C),
-        torch.empty_like(c0),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge = inputs
-    _, c, r = output
-    ctx.save_for_backward(x, weight_r, weight_t, c0, r, c, td_mask)
-    ctx.codes = (act_r, act_t, merge)
-    ctx.has_bias = (bias_r is not None, bias_t is not None)
-
-
-def _backward(ctx, grad_o, grad_c, grad_r):
-    x, weight_r, weight_t, c0, r, c, td_mask = ctx.saved_tensors
-    # r is returned for backward only; the public API never exposes it, so grad_r is always zero.
-    grad_o = torch.zeros_like(c) if grad_o is None else grad_o
-    grad_c = torch.zeros_like(c) if grad_c is None else grad_c
-    dx, dw_r, db_r, dw_t, db_t, dc0 = torch.ops.deeprnn_triton.cbm_backward(
-        grad_o.contiguous(), grad_c.contiguous(), x, weight_r, weight_t, c0, r, c, td_mask, *ctx.codes
-    )
-    has_bias_r, has_bias_t = ctx.has_bias
-    return (
-        dx, dw_r, db_r if has_bias_r else None, dw_t, db_t if has_bias_t else None, dc0,
-        None, None, None, None,
-    )
-
-
-torch.library.register_autograd("deeprnn_triton::cbm_forward", _backward, setup_context=_setup_context)
+cbm_backward.register_fake(cbm_backward_fake)
+register_cbm_autograd("deeprnn_triton::cbm_forward", torch.ops.deeprnn_triton.cbm_backward)

@@ -1,0 +1,59 @@
+"""What every compiled CBM op pair shares, whatever computes it (the C++ extension or Triton).
+
+Each backend exposes a forward op ``(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t,
+merge) -> (o, c, r)`` (``r = act_r(conv(x, W_r) + b_r)`` is returned for backward only) and a backward op
+``(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge) -> (dx, dW_r, db_r, dW_t,
+db_t, dc0)``. Here: their fake (meta) kernels and the autograd formula connecting them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+def cbm_forward_fake(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge):
+    """Shapes of ``(o, c, r)``: each ``(T, B, C, H, W)``."""
+    T, B, _, H, W = x.shape
+    shape = (T, B, weight_r.shape[0], H, W)
+    return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
+
+
+def cbm_backward_fake(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge):
+    """Shapes of the six gradients: those of x, weight_r, bias_r (C,), weight_t, bias_t (C,), c0."""
+    C = weight_r.shape[0]
+    return (
+        torch.empty_like(x),
+        torch.empty_like(weight_r),
+        weight_r.new_empty(C),
+        torch.empty_like(weight_t),
+        weight_t.new_empty(C),
+        torch.empty_like(c0),
+    )
+
+
+def register_cbm_autograd(forward_op: str, backward_op: Callable) -> None:
+    """Make ``forward_op`` (a qualified op name) differentiable through ``backward_op``."""
+
+    def setup_context(ctx, inputs, output):
+        x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge = inputs
+        _, c, r = output
+        ctx.save_for_backward(x, weight_r, weight_t, c0, r, c, td_mask)
+        ctx.codes = (act_r, act_t, merge)
+        ctx.has_bias = (bias_r is not None, bias_t is not None)
+
+    def backward(ctx, grad_o, grad_c, grad_r):
+        x, weight_r, weight_t, c0, r, c, td_mask = ctx.saved_tensors
+        # r is saved for backward only; the public API never returns it, so grad_r is always zero.
+        grad_o = torch.zeros_like(c) if grad_o is None else grad_o
+        grad_c = torch.zeros_like(c) if grad_c is None else grad_c
+        dx, dw_r, db_r, dw_t, db_t, dc0 = backward_op(
+            grad_o.contiguous(), grad_c.contiguous(), x, weight_r, weight_t, c0, r, c, td_mask, *ctx.codes
+        )
+        has_bias_r, has_bias_t = ctx.has_bias
+        return (
+            dx, dw_r, db_r if has_bias_r else None, dw_t, db_t if has_bias_t else None, dc0,
+            None, None, None, None,
+        )
+
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
