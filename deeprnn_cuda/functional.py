@@ -39,8 +39,10 @@ def cbm_layer(
 
     Returns:
         ``(o, c)``: outputs and the state after every step, both ``(T, B, C, H, W)``; ``c[-1]`` is the
-        final state. Odd square kernels, stride 1, zero "same" padding.
+        final state. Odd square kernels, stride 1, zero "same" padding. Under ``torch.autocast`` the layer
+        runs in the autocast dtype, like the convolutions it is made of.
     """
+    x, weight_r, bias_r, weight_t, bias_t, c0 = _autocast(x, weight_r, bias_r, weight_t, bias_t, c0)
     s = check_cbm_args(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge)
     impl = resolve_backend(backend, x)
     if c0 is None:
@@ -49,3 +51,20 @@ def cbm_layer(
         empty = x.new_empty(0, s.B, s.C, s.H, s.W)
         return empty, empty.clone()
     return impl(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask=td_mask, act_r=act_r, act_t=act_t, merge=merge)
+
+
+def _autocast(x: object, *tensors: Optional[torch.Tensor]) -> Tuple[object, ...]:
+    """Cast to the autocast dtype as ``conv2d`` would: floating tensors other than float64."""
+    if not isinstance(x, torch.Tensor) or x.device.type not in ("cpu", "cuda"):
+        return (x, *tensors)
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return (x, *tensors)
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: object) -> object:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+            return t.to(dtype)
+        return t
+
+    return tuple(cast(t) for t in (x, *tensors))

@@ -235,3 +235,16 @@ def test_multithreaded_epilogue_matches_reference(backend):
             assert_close_rel(a, b, torch.float64, n)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + COMPILED)
+def test_autocast_cpu_bfloat16(backend):
+    """float32 parameters under CPU autocast: the layer runs in bf16, like the convolutions it is made of."""
+    inputs = make_inputs(T=3, B=2, C_in=3, C=4, H=5, W=5, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, c = cbm_layer(**inputs, backend=backend)
+    assert o.dtype == c.dtype == torch.bfloat16
+    o.float().sum().backward()
+    assert inputs["weight_t"].grad is not None and inputs["weight_t"].grad.dtype == torch.float32
+    ref, _ = cbm_layer_ref(**{k: v.detach().double() for k, v in inputs.items()})
+    assert_close_rel(o, ref, torch.bfloat16)
