@@ -7,7 +7,7 @@ extension or a missing Triton never breaks ``import deeprnn_cuda``.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import torch
 
@@ -54,6 +54,16 @@ def _native_supports(x: torch.Tensor) -> bool:
 def _triton_supports(x: torch.Tensor) -> bool:
     triton_backend = _triton()
     return triton_backend.is_available() and triton_backend.supports(x)
+
+
+def available_backends(x: torch.Tensor) -> List[str]:
+    """The backends that can run on ``x``'s device and dtype, the reference first."""
+    names = ["reference"]
+    if _native_supports(x):
+        names.append("native")
+    if _triton_supports(x):
+        names.append("triton")
+    return names
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> Callable:
