@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 
@@ -31,10 +32,17 @@ struct StepKernels {
   // dP_r = grad_o * dmerge/dr * act_r'(r). Derivatives are taken from the saved outputs r and c.
   void (*backward)(const at::Tensor& grad_o, const at::Tensor& grad_c, const at::Tensor& rec, const at::Tensor& r,
                    const at::Tensor& c, const at::Tensor& dG, const at::Tensor& dP_r, Options opt);
-  // Most images per input-projection convolution (forward and backward); 0 means all T*B at once. oneDNN
-  // runs large NCHW batches markedly slower per image than batches of ~16, so the CPU goes a chunk at a time.
-  int64_t input_chunk_images = 0;
+  // Most elements (input plus output channels, times pixels, times images) per input-projection convolution,
+  // forward and backward; 0 means all T*B images in one call. oneDNN runs large NCHW batches markedly slower
+  // per image than ~1M-element ones, while many tiny calls cost overhead, so the CPU goes a chunk at a time.
+  int64_t conv_chunk_elements = 0;
 };
+
+// Images per input-projection convolution call for `kernels` (at least 1, at most total).
+inline int64_t conv_chunk_images(const StepKernels& kernels, int64_t total, int64_t elements_per_image) {
+  if (kernels.conv_chunk_elements <= 0) return total;
+  return std::clamp<int64_t>(kernels.conv_chunk_elements / std::max<int64_t>(1, elements_per_image), 1, total);
+}
 
 // Returns (o, c, r), each (T, B, C, H, W); r = act_r(conv(x, W_r) + b_r) is kept for backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cbm_forward_impl(

@@ -91,7 +91,7 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tenso
   const Tensor w_in = input_weight(weight_r, weight_t.narrow(1, 0, C_in));
   const Tensor x_c = x.contiguous();
   const int64_t steps_per_chunk =
-      kernels.input_chunk_images > 0 ? std::max<int64_t>(1, kernels.input_chunk_images / B) : T;
+      std::max<int64_t>(1, conv_chunk_images(kernels, T * B, (C_in + 2 * C) * H * W) / B);
   for (int64_t t0 = 0; t0 < T; t0 += steps_per_chunk) {
     const int64_t n = std::min(steps_per_chunk, T - t0);
     // P = [P_r | P_x] for the chunk's (t, b): (n, B, 2C, H, W).
@@ -149,14 +149,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
                                              c.narrow(0, 0, T - 1).view({TB - B, C, H, W}), w_tc,
                                              {false, true, false})));
   }
-  // Input projections, in chunks of images (see StepKernels::input_chunk_images). Temporal Dropout cuts dG's
+  // Input projections, in chunks of images (see StepKernels::conv_chunk_elements). Temporal Dropout cuts dG's
   // path into x; W_t and b_t still see the full dG.
   Tensor keep;
   if (td_mask.has_value()) {
     keep = td_mask->logical_not().to(x.scalar_type());
     keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({TB, 1, 1, 1});
   }
-  const int64_t chunk = kernels.input_chunk_images > 0 ? kernels.input_chunk_images : TB;
+  const int64_t chunk = conv_chunk_images(kernels, TB, (C_in + 2 * C) * H * W);
   Tensor grad_x = at::empty_like(x_flat), grad_weight_r, grad_bias_r, grad_w_tx, grad_bias_t;
   for (int64_t i = 0; i < TB; i += chunk) {
     const int64_t n = std::min(chunk, TB - i);

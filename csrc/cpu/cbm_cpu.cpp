@@ -1,5 +1,5 @@
-// CPU kernels of the CBM ops: the fused per-step epilogues (at::parallel_for over the batch, one SIMD pass
-// over memory, activation and merge chosen at compile time) plugged into the device-generic recurrence.
+// CPU kernels of the CBM ops: the fused per-step epilogues (a TensorIterator over the step's operands, one SIMD
+// pass over memory, activation and merge chosen at compile time) plugged into the device-generic recurrence.
 
 // ATen's Vectorized<T> is compiled for the instruction set named by CPU_CAPABILITY: AVX2+FMA when this file
 // is built with them (setup.py enables them on hosts that have them), else ATen's portable implementation.
@@ -14,7 +14,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
@@ -86,104 +86,130 @@ inline V merge_fn(V r, V c) {
 template <typename T>
 constexpr bool kSimd = std::is_same_v<T, float> || std::is_same_v<T, double>;
 
-// Calls fn(b, begin, end) over the (B, C*H*W) index space in parallel chunks.
-template <typename F>
-void parallel_over(const Tensor& like, F fn) {
-  const int64_t B = like.size(0), inner = like[0].numel();
-  at::parallel_for(0, B * inner, at::internal::GRAIN_SIZE, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end;) {
-      const int64_t b = i / inner, j = i % inner;
-      const int64_t stop = std::min(inner, j + (end - i));
-      fn(b, j, stop);
-      i += stop - j;
+// Operand pointers of one TensorIterator row, advanced along the row by their byte strides.
+template <int N>
+struct Row {
+  char* ptr[N];
+  int64_t stride[N];
+
+  Row(char** data, const int64_t* strides) {
+    for (int i = 0; i < N; ++i) ptr[i] = data[i], stride[i] = strides[i];
+  }
+  template <typename T>
+  bool contiguous() const {
+    for (int i = 0; i < N; ++i) {
+      if (stride[i] != int64_t(sizeof(T))) return false;
+    }
+    return true;
+  }
+  template <typename T>
+  T* at(int i, int64_t j) const {
+    return reinterpret_cast<T*>(ptr[i] + j * stride[i]);
+  }
+};
+
+// Runs loop(row, n) over every row of `iter`, in parallel through ATen's own thread pool (TensorIterator's
+// for_each lives in libtorch, so this file needs no OpenMP of its own).
+template <int N, typename F>
+void for_each_row(at::TensorIterator& iter, F loop) {
+  iter.for_each([&](char** data, const int64_t* strides, int64_t n, int64_t rows) {
+    for (int64_t k = 0; k < rows; ++k) {
+      char* row_data[N];
+      for (int i = 0; i < N; ++i) row_data[i] = data[i] + k * strides[N + i];
+      loop(Row<N>(row_data, strides), n);
     }
   });
 }
 
+// Operands, outputs first: r, c, o, p_r, p_x, rec.
 template <typename scalar_t, int64_t ACT_R, int64_t ACT_T, int64_t MERGE>
-void forward_span(const scalar_t* pr, const scalar_t* px, const scalar_t* rc, scalar_t* r, scalar_t* c, scalar_t* o,
-                  int64_t n) {
+void forward_row(const Row<6>& row, int64_t n) {
   int64_t j = 0;
   if constexpr (kSimd<scalar_t>) {
-    using V = Vec<scalar_t>;
-    for (; j + V::size() <= n; j += V::size()) {
-      const V rv = act_r_fn<ACT_R>(V::loadu(pr + j));
-      const V cv = act_t_fn<ACT_T>(V::loadu(px + j) + V::loadu(rc + j));
-      rv.store(r + j);
-      cv.store(c + j);
-      merge_fn<MERGE>(rv, cv).store(o + j);
+    if (row.contiguous<scalar_t>()) {
+      using V = Vec<scalar_t>;
+      for (; j + V::size() <= n; j += V::size()) {
+        const V rv = act_r_fn<ACT_R>(V::loadu(row.at<scalar_t>(3, j)));
+        const V cv = act_t_fn<ACT_T>(V::loadu(row.at<scalar_t>(4, j)) + V::loadu(row.at<scalar_t>(5, j)));
+        rv.store(row.at<scalar_t>(0, j));
+        cv.store(row.at<scalar_t>(1, j));
+        merge_fn<MERGE>(rv, cv).store(row.at<scalar_t>(2, j));
+      }
     }
   }
   using acc_t = at::opmath_type<scalar_t>;
   for (; j < n; ++j) {
-    const acc_t rv = act_r_fn<ACT_R>(acc_t(pr[j]));
-    const acc_t cv = act_t_fn<ACT_T>(acc_t(px[j]) + acc_t(rc[j]));
-    r[j] = rv;
-    c[j] = cv;
-    o[j] = merge_fn<MERGE>(rv, cv);
+    const acc_t rv = act_r_fn<ACT_R>(acc_t(*row.at<scalar_t>(3, j)));
+    const acc_t cv = act_t_fn<ACT_T>(acc_t(*row.at<scalar_t>(4, j)) + acc_t(*row.at<scalar_t>(5, j)));
+    *row.at<scalar_t>(0, j) = rv;
+    *row.at<scalar_t>(1, j) = cv;
+    *row.at<scalar_t>(2, j) = merge_fn<MERGE>(rv, cv);
   }
 }
 
-template <typename scalar_t, int64_t ACT_R, int64_t ACT_T, int64_t MERGE, bool HAS_REC>
-void backward_span(const scalar_t* go, const scalar_t* gc, const scalar_t* rc, const scalar_t* r, const scalar_t* c,
-                   scalar_t* dg, scalar_t* dpr, int64_t n) {
-  auto step = [&](auto g, auto dc_ext, auto rec, auto rv, auto cv) {
-    using V = decltype(g);
-    V dc = dc_ext + (MERGE == kMergeMul ? g * rv : g);
-    if constexpr (HAS_REC) dc = dc + rec;
+// Operands, outputs first: dG, dP_r, grad_o, grad_c, r, c[, rec].
+template <typename scalar_t, int64_t ACT_R, int64_t ACT_T, int64_t MERGE, int N>
+void backward_row(const Row<N>& row, int64_t n) {
+  constexpr bool kHasRec = N == 7;
+  auto step = [](auto g, auto dc_ext, auto rec, auto rv, auto cv) {
+    auto dc = dc_ext + (MERGE == kMergeMul ? g * rv : g);
+    if constexpr (kHasRec) dc = dc + rec;
     return std::make_pair(dc * act_t_grad<ACT_T>(cv), (MERGE == kMergeMul ? g * cv : g) * act_r_grad<ACT_R>(rv));
   };
   int64_t j = 0;
   if constexpr (kSimd<scalar_t>) {
-    using V = Vec<scalar_t>;
-    for (; j + V::size() <= n; j += V::size()) {
-      const auto [dG, dPr] = step(V::loadu(go + j), V::loadu(gc + j), HAS_REC ? V::loadu(rc + j) : V(0),
-                                  V::loadu(r + j), V::loadu(c + j));
-      dG.store(dg + j);
-      dPr.store(dpr + j);
+    if (row.template contiguous<scalar_t>()) {
+      using V = Vec<scalar_t>;
+      auto load = [&](int i) { return V::loadu(row.template at<scalar_t>(i, j)); };
+      for (; j + V::size() <= n; j += V::size()) {
+        const auto [dG, dPr] = step(load(2), load(3), kHasRec ? load(N - 1) : V(0), load(4), load(5));
+        dG.store(row.template at<scalar_t>(0, j));
+        dPr.store(row.template at<scalar_t>(1, j));
+      }
     }
   }
   using acc_t = at::opmath_type<scalar_t>;
   for (; j < n; ++j) {
-    const auto [dG, dPr] = step(acc_t(go[j]), acc_t(gc[j]), HAS_REC ? acc_t(rc[j]) : acc_t(0), acc_t(r[j]),
-                                acc_t(c[j]));
-    dg[j] = dG;
-    dpr[j] = dPr;
+    auto load = [&](int i) { return acc_t(*row.template at<scalar_t>(i, j)); };
+    const auto [dG, dPr] = step(load(2), load(3), kHasRec ? load(N - 1) : acc_t(0), load(4), load(5));
+    *row.template at<scalar_t>(0, j) = dG;
+    *row.template at<scalar_t>(1, j) = dPr;
   }
+}
+
+at::TensorIteratorConfig elementwise_config() {
+  at::TensorIteratorConfig config;
+  config.check_all_same_dtype(true).resize_outputs(false);
+  return config;
 }
 
 template <typename scalar_t, int64_t ACT_R, int64_t ACT_T, int64_t MERGE>
 void forward_step(const Tensor& p_r, const Tensor& p_x, const Tensor& rec, const Tensor& r, const Tensor& c,
                   const Tensor& o) {
-  const scalar_t *pr = p_r.const_data_ptr<scalar_t>(), *px = p_x.const_data_ptr<scalar_t>(),
-                 *rc = rec.const_data_ptr<scalar_t>();
-  scalar_t *rp = r.mutable_data_ptr<scalar_t>(), *cp = c.mutable_data_ptr<scalar_t>(),
-           *op = o.mutable_data_ptr<scalar_t>();
-  const int64_t sp = p_r.stride(0), s = c.stride(0);
-  parallel_over(c, [&](int64_t b, int64_t j0, int64_t j1) {
-    forward_span<scalar_t, ACT_R, ACT_T, MERGE>(pr + b * sp + j0, px + b * sp + j0, rc + b * s + j0, rp + b * s + j0,
-                                                cp + b * s + j0, op + b * s + j0, j1 - j0);
-  });
+  auto iter = elementwise_config()
+                  .add_output(r)
+                  .add_output(c)
+                  .add_output(o)
+                  .add_const_input(p_r)
+                  .add_const_input(p_x)
+                  .add_const_input(rec)
+                  .build();
+  for_each_row<6>(iter, forward_row<scalar_t, ACT_R, ACT_T, MERGE>);
 }
 
 template <typename scalar_t, int64_t ACT_R, int64_t ACT_T, int64_t MERGE>
 void backward_step(const Tensor& grad_o, const Tensor& grad_c, const Tensor& rec, const Tensor& r, const Tensor& c,
                    const Tensor& dG, const Tensor& dP_r) {
-  const scalar_t *go = grad_o.const_data_ptr<scalar_t>(), *gc = grad_c.const_data_ptr<scalar_t>(),
-                 *rp = r.const_data_ptr<scalar_t>(), *cp = c.const_data_ptr<scalar_t>();
-  const scalar_t* rc = rec.defined() ? rec.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t *dg = dG.mutable_data_ptr<scalar_t>(), *dpr = dP_r.mutable_data_ptr<scalar_t>();
-  const int64_t s = c.stride(0), sd = dG.stride(0);
-  parallel_over(c, [&](int64_t b, int64_t j0, int64_t j1) {
-    const int64_t i = b * s + j0, id = b * sd + j0;
-    if (rc != nullptr) {
-      backward_span<scalar_t, ACT_R, ACT_T, MERGE, true>(go + i, gc + i, rc + i, rp + i, cp + i, dg + id, dpr + id,
-                                                         j1 - j0);
-    } else {
-      backward_span<scalar_t, ACT_R, ACT_T, MERGE, false>(go + i, gc + i, nullptr, rp + i, cp + i, dg + id, dpr + id,
-                                                          j1 - j0);
-    }
-  });
+  auto config = elementwise_config();
+  config.add_output(dG).add_output(dP_r).add_const_input(grad_o).add_const_input(grad_c).add_const_input(r)
+      .add_const_input(c);
+  if (rec.defined()) {
+    auto iter = config.add_const_input(rec).build();
+    for_each_row<7>(iter, backward_row<scalar_t, ACT_R, ACT_T, MERGE, 7>);
+  } else {
+    auto iter = config.build();
+    for_each_row<6>(iter, backward_row<scalar_t, ACT_R, ACT_T, MERGE, 6>);
+  }
 }
 
 // Turns the runtime option codes into template arguments.
@@ -229,7 +255,7 @@ void backward_epilogue_cpu(const Tensor& grad_o, const Tensor& grad_c, const Ten
   });
 }
 
-constexpr StepKernels kCpuKernels{forward_epilogue_cpu, backward_epilogue_cpu, /*input_chunk_images=*/16};
+constexpr StepKernels kCpuKernels{forward_epilogue_cpu, backward_epilogue_cpu, /*conv_chunk_elements=*/1 << 20};
 
 std::tuple<Tensor, Tensor, Tensor> cbm_forward_cpu(const Tensor& x, const Tensor& weight_r,
                                                    const std::optional<Tensor>& bias_r, const Tensor& weight_t,
