@@ -124,7 +124,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
     return {at::zeros_like(x), at::zeros_like(weight_r), at::zeros({C}, x.options()), at::zeros_like(weight_t),
             at::zeros({C}, x.options()), at::zeros_like(c0_in)};
   }
-  const Tensor grad_o = grad_o_in.contiguous(), grad_c = grad_c_in.contiguous();
+  // The gradients may be strided (expanded from a sum, or a broadcast zero): the step kernels read strides.
+  const Tensor& grad_o = grad_o_in;
+  const Tensor& grad_c = grad_c_in;
   const Tensor c0 = c0_in.contiguous();
   const Tensor w_tx = weight_t.narrow(1, 0, C_in), w_tc = weight_t.narrow(1, C_in, C);
   const Tensor w_tc_t = transpose_kernel(w_tc);

@@ -4,6 +4,7 @@
 ``ConvLSTM`` are drop-in modules shaped like ``nn.LSTM``. Every op has a pure-PyTorch ``reference``
 implementation and compiled ``native`` / ``triton`` backends that must agree with it.
 """
+from . import _native  # noqa: F401  (registers the deeprnn:: ops when the extension is built)
 from .backends import backend_status
 from .functional import cbm_layer
 from .modules import CBM, CBMCell, ConvLSTM

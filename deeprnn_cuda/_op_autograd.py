@@ -44,11 +44,13 @@ def register_cbm_autograd(forward_op: str, backward_op: Callable) -> None:
 
     def backward(ctx, grad_o, grad_c, grad_r):
         x, weight_r, weight_t, c0, r, c, td_mask = ctx.saved_tensors
-        # r is saved for backward only; the public API never returns it, so grad_r is always zero.
-        grad_o = torch.zeros_like(c) if grad_o is None else grad_o
-        grad_c = torch.zeros_like(c) if grad_c is None else grad_c
+        # r is saved for backward only; the public API never returns it, so grad_r is always zero. A missing
+        # gradient becomes a broadcast zero and an expanded one (from .sum()) stays expanded: the kernels
+        # read strided gradients, so neither costs a (T, B, C, H, W) buffer.
+        grad_o = c.new_zeros(()).expand_as(c) if grad_o is None else grad_o
+        grad_c = c.new_zeros(()).expand_as(c) if grad_c is None else grad_c
         dx, dw_r, db_r, dw_t, db_t, dc0 = backward_op(
-            grad_o.contiguous(), grad_c.contiguous(), x, weight_r, weight_t, c0, r, c, td_mask, *ctx.codes
+            grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, *ctx.codes
         )
         has_bias_r, has_bias_t = ctx.has_bias
         return (

@@ -18,6 +18,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <type_traits>
 
@@ -108,10 +110,42 @@ struct Row {
   }
 };
 
-// Runs loop(row, n) over every row of `iter`, in parallel through ATen's own thread pool (TensorIterator's
-// for_each lives in libtorch, so this file needs no OpenMP of its own).
-template <int N, typename F>
-void for_each_row(at::TensorIterator& iter, F loop) {
+// True when every batch entry's (C, H, W) block is contiguous, whatever the batch stride.
+bool inner_contiguous(const Tensor& t) {
+  return t.dim() == 4 && t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == t.size(2) * t.size(3);
+}
+
+// Runs loop(row, n) over every element of `operands` (all (B, C, H, W), outputs first). Small steps run as one
+// row per batch entry right here: they would not be split over threads anyway, and building a TensorIterator
+// costs more than the step. Larger ones go through TensorIterator::for_each, which runs in parallel on ATen's
+// own thread pool (for_each lives in libtorch, so this file needs no OpenMP of its own).
+template <typename scalar_t, int N, typename F>
+void for_each_row(const std::array<Tensor, N>& operands, int num_outputs, F loop) {
+  const Tensor& like = operands[0];
+  const bool small = like.numel() < at::internal::GRAIN_SIZE;
+  if (small && std::all_of(operands.begin(), operands.end(), inner_contiguous)) {
+    int64_t unit[N];
+    std::fill_n(unit, N, int64_t(sizeof(scalar_t)));
+    const int64_t inner = like.size(1) * like.size(2) * like.size(3);
+    for (int64_t b = 0; b < like.size(0); ++b) {
+      char* data[N];
+      for (int i = 0; i < N; ++i) {
+        data[i] = static_cast<char*>(operands[i].data_ptr()) + b * operands[i].stride(0) * int64_t(sizeof(scalar_t));
+      }
+      loop(Row<N>(data, unit), inner);
+    }
+    return;
+  }
+  at::TensorIteratorConfig config;
+  config.check_all_same_dtype(true).resize_outputs(false);
+  for (int i = 0; i < N; ++i) {
+    if (i < num_outputs) {
+      config.add_output(operands[i]);
+    } else {
+      config.add_const_input(operands[i]);
+    }
+  }
+  auto iter = config.build();
   iter.for_each([&](char** data, const int64_t* strides, int64_t n, int64_t rows) {
     for (int64_t k = 0; k < rows; ++k) {
       char* row_data[N];
@@ -177,38 +211,19 @@ void backward_row(const Row<N>& row, int64_t n) {
   }
 }
 
-at::TensorIteratorConfig elementwise_config() {
-  at::TensorIteratorConfig config;
-  config.check_all_same_dtype(true).resize_outputs(false);
-  return config;
-}
-
 template <typename scalar_t, int64_t ACT_R, int64_t ACT_T, int64_t MERGE>
 void forward_step(const Tensor& p_r, const Tensor& p_x, const Tensor& rec, const Tensor& r, const Tensor& c,
                   const Tensor& o) {
-  auto iter = elementwise_config()
-                  .add_output(r)
-                  .add_output(c)
-                  .add_output(o)
-                  .add_const_input(p_r)
-                  .add_const_input(p_x)
-                  .add_const_input(rec)
-                  .build();
-  for_each_row<6>(iter, forward_row<scalar_t, ACT_R, ACT_T, MERGE>);
+  for_each_row<scalar_t, 6>({r, c, o, p_r, p_x, rec}, 3, forward_row<scalar_t, ACT_R, ACT_T, MERGE>);
 }
 
 template <typename scalar_t, int64_t ACT_R, int64_t ACT_T, int64_t MERGE>
 void backward_step(const Tensor& grad_o, const Tensor& grad_c, const Tensor& rec, const Tensor& r, const Tensor& c,
                    const Tensor& dG, const Tensor& dP_r) {
-  auto config = elementwise_config();
-  config.add_output(dG).add_output(dP_r).add_const_input(grad_o).add_const_input(grad_c).add_const_input(r)
-      .add_const_input(c);
   if (rec.defined()) {
-    auto iter = config.add_const_input(rec).build();
-    for_each_row<7>(iter, backward_row<scalar_t, ACT_R, ACT_T, MERGE, 7>);
+    for_each_row<scalar_t, 7>({dG, dP_r, grad_o, grad_c, r, c, rec}, 2, backward_row<scalar_t, ACT_R, ACT_T, MERGE, 7>);
   } else {
-    auto iter = config.build();
-    for_each_row<6>(iter, backward_row<scalar_t, ACT_R, ACT_T, MERGE, 6>);
+    for_each_row<scalar_t, 6>({dG, dP_r, grad_o, grad_c, r, c}, 2, backward_row<scalar_t, ACT_R, ACT_T, MERGE, 6>);
   }
 }
 
