@@ -1,0 +1,4 @@
+"""``python -m deeprnn_cuda`` runs the ``deeprnn`` command line."""
+from .cli import main
+
+raise SystemExit(main())

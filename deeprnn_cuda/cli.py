@@ -1,0 +1,192 @@
+"""The ``deeprnn`` command line: ``info``, ``train``, ``compare`` and ``demo``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+DEMO = {
+    "task": "moving-shapes",
+    "cell": "cbm",
+    "layers": 15,
+    "hidden": 8,
+    "frames": 8,
+    "image_size": 16,
+    "train_size": 1600,
+    "test_size": 400,
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 3e-3,
+}
+"""``deeprnn demo``'s run: a 15-layer CBM on moving-shapes, sized to finish in minutes on 2 CPU cores."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (exit code 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
+    """The options of ``train`` (``compare`` takes them too, except the cell and depth it varies)."""
+    from .data import TASKS
+    from .training.model import CELLS
+
+    p.add_argument("--task", choices=TASKS, help="synthetic task (default moving-shapes)")
+    if not grid:
+        p.add_argument("--cell", choices=CELLS, help="recurrent cell (default cbm)")
+        p.add_argument("--layers", type=int, help="stack depth (default 1)")
+    p.add_argument("--seed", type=int, help="seed of data, init and sampling (default 0)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--hidden", type=int, help="channels per layer (default 8)")
+    p.add_argument("--kernel-size", type=int, help="odd conv kernel (default 3)")
+    p.add_argument("--shortcut-every", type=int, help="ResNet-style shortcut every k layers, 0: none (default 2)")
+    p.add_argument("--frames", type=int, help="frames per sequence (task default: 16 moving-shapes, 64 cat-dog)")
+    p.add_argument("--image-size", type=int, help="frame height = width (task default: 32 moving-shapes, 8 cat-dog)")
+    p.add_argument("--train-size", type=int, help="training sequences (default 1200)")
+    p.add_argument("--test-size", type=int, help="test sequences (default 300)")
+    p.add_argument("--epochs", type=int, help="epochs (default 6)")
+    p.add_argument("--batch-size", type=int, help="sequences per step and process (default 32)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), help="per-step learning rate schedule (default cosine)")
+    p.add_argument("--grad-clip", type=float, help="gradient norm clip, 0: off (default 1.0)")
+    p.add_argument("--td-schedule", help="Temporal Dropout rate by epoch, e.g. '1.0,0.8@2,0.5@4' (the default)")
+    p.add_argument("--clip-min", type=int, help="overlap training: shortest clip (default 2)")
+    p.add_argument("--clip-max", type=int, help="overlap training: longest clip; unset trains on whole sequences")
+    p.add_argument("--overlap", type=float, help="overlap training: target overlap rate (default 0.25)")
+    p.add_argument("--coherence-lambda", type=float, help="overlap coherence loss weight (default 0.8)")
+    p.add_argument("--no-handoff", dest="handoff", action="store_false", default=None,
+                   help="ablation: clips start from zero states instead of an earlier clip's state")
+    p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), help="CBM backend (default auto)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: cuda when available")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``deeprnn`` parser with its four subcommands."""
+    parser = _Parser(prog="deeprnn", description="Deep RNN Framework (CBM, Overlap Coherence Training) on PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("info", help="versions, device and which CBM backends work here")
+    train = sub.add_parser("train", help="train one model on a synthetic task")
+    _train_options(train)
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    compare = sub.add_parser("compare", help="train a grid of cells x depths with one budget")
+    _train_options(compare, grid=True)
+    compare.add_argument("--cells", default="cbm,convlstm", help="comma-separated cells (default cbm,convlstm)")
+    compare.add_argument("--depths", default="1,15", help="comma-separated depths (default 1,15)")
+    demo = sub.add_parser("demo", help="train a 15-layer CBM on moving-shapes with the default settings")
+    demo.add_argument("--out", type=Path, default=Path("deeprnn-demo"), help="output folder (default ./deeprnn-demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--backend", choices=("auto", "reference", "native", "triton"), default="auto")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    demo.add_argument("--no-progress", dest="progress", action="store_false")
+    demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    return parser
+
+
+def _config(args: argparse.Namespace, base: Optional[Dict] = None):
+    """A ``TrainConfig`` from ``base`` overridden by every option given on the command line."""
+    from .training import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return TrainConfig(**{**(base or {}), **given})
+
+
+def cmd_info(_: argparse.Namespace) -> int:
+    """Print the package, torch and CUDA versions and each backend's status."""
+    import torch
+
+    from . import __version__
+    from .backends import backend_status
+
+    print(f"deeprnn_cuda {__version__}")
+    print(f"torch {torch.__version__}")
+    if torch.cuda.is_available():
+        print(f"CUDA {torch.version.cuda}: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} GPU(s))")
+    else:
+        built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
+        print(f"CUDA not available ({built})")
+    for backend, status in backend_status().items():
+        print(f"backend {backend}: {status}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one model; the last stdout line is the JSON summary."""
+    from .training import train
+
+    summary = train(_config(args), args.out, resume=args.resume, progress=args.progress)
+    if summary:
+        print(json.dumps(summary))
+    return 0
+
+
+def _split(option: str, text: str, cast) -> List:
+    from .training import ConfigError
+
+    try:
+        items = [cast(t.strip()) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(option, f"must be a comma-separated list, got {text!r}") from None
+    if not items:
+        raise ConfigError(option, "must name at least one value")
+    return items
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Train every cell x depth; print the table, then the JSON summaries as the last line."""
+    from .training import ConfigError, train
+    from .training.compare import run_grid
+
+    cells, depths = _split("--cells", args.cells, str), _split("--depths", args.depths, int)
+    for cell in cells:
+        if cell not in ("cbm", "convlstm"):
+            raise ConfigError("--cells", f"must hold only 'cbm' and 'convlstm', got {cell!r}")
+    progress = args.progress
+    summaries = run_grid(_config(args), cells, depths, args.out, lambda cfg, out: train(cfg, out, progress=progress))
+    print((Path(args.out) / "compare.md").read_text(), end="")
+    print(f"plot: {Path(args.out) / 'compare.png'}")
+    print(json.dumps(summaries))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The README's demo: a 15-layer CBM on moving-shapes."""
+    from .training import train
+
+    summary = train(_config(args, DEMO), args.out, progress=args.progress)
+    print(
+        f"15-layer CBM on moving-shapes: test accuracy {summary['test_accuracy']:.1%} in {summary['seconds']:.0f} s "
+        f"on {summary['device']}; curves: {summary['curves']}"
+    )
+    print(json.dumps(summary))
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "train": cmd_train, "compare": cmd_compare, "demo": cmd_demo}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the ``deeprnn`` console script; returns the exit code."""
+    from .training import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            print(f"deeprnn {args.command}: error: --threads: must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as e:
+        print(f"deeprnn {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,71 @@
+"""Image-quality metrics of video prediction (the paper's Table 4): PSNR and SSIM, per image.
+
+Both take ``pred`` and ``target`` of the same shape ``(..., C, H, W)`` with values in ``[0, data_range]``
+and return one value per image, shape ``(...)`` (e.g. ``(B, T)`` for a batch of predicted clips).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_pair(pred: torch.Tensor, target: torch.Tensor, data_range: float) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    if pred.dim() < 3:
+        raise ValueError(f"pred must have shape (..., C, H, W), got {tuple(pred.shape)}")
+    if not data_range > 0:
+        raise ValueError(f"data_range must be positive, got {data_range!r}")
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio ``10 log10(data_range^2 / MSE)`` in dB per image (``inf`` when equal), float64."""
+    _check_pair(pred, target, data_range)
+    mse = (pred.double() - target.double()).pow(2).flatten(-3).mean(dim=-1)
+    return 10.0 * torch.log10(data_range ** 2 / mse)
+
+
+def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The normalized 1-D Gaussian ``(size,)``."""
+    coords = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-coords.pow(2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """Structural similarity (Wang et al., 2004) per image (float64), averaged over channels and valid windows.
+
+    Local statistics use an ``window_size`` Gaussian window with std ``sigma`` and no padding (only
+    windows inside the image count), ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2`` with ``L = data_range``: the
+    standard constants. Images must be at least ``window_size`` pixels on each side.
+    """
+    _check_pair(pred, target, data_range)
+    if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1 or window_size % 2 == 0:
+        raise ValueError(f"window_size must be an odd positive int, got {window_size!r}")
+    H, W = pred.shape[-2:]
+    if H < window_size or W < window_size:
+        raise ValueError(f"pred must be at least window_size={window_size} pixels on each side, got {H}x{W}")
+    lead, C = pred.shape[:-3], pred.shape[-3]
+    x = pred.double().reshape(-1, 1, H, W)
+    y = target.double().reshape(-1, 1, H, W)
+    g = _gaussian_window(window_size, sigma, x.dtype, x.device)
+    window = (g[:, None] * g[None, :]).view(1, 1, window_size, window_size)
+
+    def blur(z: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(z, window)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x ** 2
+    var_y = blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return ssim_map.flatten(1).mean(dim=1).view(*lead, C).mean(dim=-1)

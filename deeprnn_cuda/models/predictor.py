@@ -1,0 +1,126 @@
+"""MCnet-style video future prediction (Villegas et al., ICLR 2017) with a deep recurrent motion encoder.
+
+Section 4.3 of the paper replaces the 1-layer ConvLSTM of MCnet's motion encoder with a 15-layer deep CBM;
+the rest follows MCnet (``w = width``, 64 in MCnet):
+
+* motion encoder: on frame differences ``x_t - x_{t-1}``, per frame ``conv5x5(w) -> pool -> conv5x5(2w)
+  -> pool -> conv7x7(4w)`` (ReLUs), then the recurrent stack (``4w`` channels, shortcut every 2 layers) at
+  ``H/4``;
+* content encoder: on the last frame, VGG-like ``[conv3x3(w)] x2 -> pool -> [conv3x3(2w)] x2 -> pool ->
+  [conv3x3(4w)] x3``;
+* combination: two 3x3 convs on ``[motion, content]``; residuals: at each of the three scales a 3x3 conv
+  of ``[motion features, content features]`` is added to the decoder (MCnet's multi-scale residuals);
+* decoder: upsample x2 + 3x3 conv twice, a last 3x3 conv to the frame channels and a sigmoid (frames in
+  ``[0, 1]``).
+
+Prediction is closed loop, as in MCnet: each predicted frame becomes the next content input and its
+difference to the previous frame the next motion input, the recurrent state carried over. Trained here
+with the MSE to the true frames (MCnet adds a gradient-difference and an adversarial loss).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .heads import per_frame
+from .stack import recurrent_stack
+
+
+def _convs(channels: List[int], kernel: int) -> nn.Sequential:
+    """``conv(kernel) -> ReLU`` layers through ``channels`` (``[c_in, c_1, ..., c_n]``)."""
+    layers: List[nn.Module] = []
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        layers += [nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+class DeepVideoPredictor(nn.Module):
+    """Observe frames ``(B, T_obs, C, H, W)``, predict ``num_future`` more (paper: observe 10, predict 20).
+
+    Args:
+        in_channels: frame channels.
+        width: ``w`` of the module docstring (MCnet: 64).
+        num_layers: depth of the recurrent motion stack (paper: 15; MCnet: a 1-layer ConvLSTM).
+        cell, backend, td_rate: as in :func:`recurrent_stack` (paper: CBM, final TD rate 0.5).
+
+    ``H`` and ``W`` must be divisible by 4. ``forward(observed, num_future=20) -> (B, num_future, C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        width: int = 64,
+        num_layers: int = 15,
+        cell: str = "cbm",
+        backend: str = "auto",
+        td_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive int, got {width!r}")
+        w, self.in_channels = width, in_channels
+        self.motion_convs = nn.ModuleList(
+            [_convs([in_channels, w], 5), _convs([w, 2 * w], 5), _convs([2 * w, 4 * w], 7)]
+        )
+        self.motion_rnn = recurrent_stack(
+            cell, 4 * w, 4 * w, num_layers, 3, shortcut_every=2, backend=backend, td_rate=td_rate
+        )
+        self.content_convs = nn.ModuleList(
+            [_convs([in_channels, w, w], 3), _convs([w, 2 * w, 2 * w], 3), _convs([2 * w, 4 * w, 4 * w, 4 * w], 3)]
+        )
+        self.combine = _convs([8 * w, 4 * w, 4 * w], 3)
+        self.residuals = nn.ModuleList(_convs([2 * c, c], 3) for c in (w, 2 * w, 4 * w))
+        self.decoder = nn.ModuleList([_convs([4 * w, 2 * w], 3), _convs([2 * w, w], 3)])
+        self.to_frame = nn.Conv2d(w, in_channels, 3, padding=1)
+
+    def _content(self, frame: torch.Tensor) -> List[torch.Tensor]:
+        """Content features of a frame ``(B, C, H, W)`` at ``H, H/2, H/4``."""
+        feats = []
+        h = frame
+        for i, conv in enumerate(self.content_convs):
+            h = conv(F.max_pool2d(h, 2) if i else h)
+            feats.append(h)
+        return feats
+
+    def _motion(self, diffs: torch.Tensor, state: Optional[Sequence]) -> Tuple[List[torch.Tensor], List]:
+        """Motion features of the last of ``diffs (T, B, C, H, W)`` at three scales, and the new state."""
+        feats = []
+        h = diffs
+        for i, conv in enumerate(self.motion_convs):
+            h = per_frame(conv, per_frame(lambda f: F.max_pool2d(f, 2), h) if i else h)
+            feats.append(h[-1])
+        out, state = self.motion_rnn(h, state)
+        feats[-1] = out[-1]
+        return feats, state
+
+    def _decode(self, motion: List[torch.Tensor], content: List[torch.Tensor]) -> torch.Tensor:
+        """The next frame from motion and content features (MCnet's combination, residuals, decoder)."""
+        res = [r(torch.cat([m, c], dim=1)) for r, m, c in zip(self.residuals, motion, content)]
+        h = self.combine(torch.cat([motion[-1], content[-1]], dim=1)) + res[2]
+        for conv, skip in zip(self.decoder, (res[1], res[0])):
+            h = conv(F.interpolate(h, scale_factor=2.0, mode="nearest")) + skip
+        return torch.sigmoid(self.to_frame(h))
+
+    def forward(self, observed: torch.Tensor, num_future: int = 20) -> torch.Tensor:
+        """Predict ``num_future`` frames after ``observed (B, T_obs >= 2, C, H, W)``, closed loop."""
+        if observed.dim() != 5 or observed.shape[1] < 2 or observed.shape[2] != self.in_channels:
+            raise ValueError(
+                f"observed must have shape (B, T_obs>=2, C={self.in_channels}, H, W), got {tuple(observed.shape)}"
+            )
+        if observed.shape[3] % 4 or observed.shape[4] % 4:
+            raise ValueError(f"observed must have H and W divisible by 4, got {tuple(observed.shape[3:])}")
+        if isinstance(num_future, bool) or not isinstance(num_future, int) or num_future < 1:
+            raise ValueError(f"num_future must be a positive int, got {num_future!r}")
+        frames = observed.transpose(0, 1)
+        motion, state = self._motion(frames[1:] - frames[:-1], None)
+        last = frames[-1]
+        predictions = []
+        for t in range(num_future):
+            if t:
+                motion, state = self._motion((predictions[-1] - last).unsqueeze(0), state)
+                last = predictions[-1]
+            predictions.append(self._decode(motion, self._content(last)))
+        return torch.stack(predictions, dim=1)

@@ -1,0 +1,136 @@
+"""Everything a training run is made of, validated with errors that name the command-line option."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+from .._checks import BACKENDS
+from ..data import TASKS
+from .model import CELLS
+from .overlap import check_clip_lengths
+from .schedule import TDSchedule
+
+TASK_DEFAULTS = {
+    "moving-shapes": {"frames": 16, "image_size": 32},
+    "cat-dog": {"frames": 64, "image_size": 8},
+}
+"""Sequence length and frame size of each task when the config leaves them unset."""
+
+
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def learning_rate(base: float, schedule: str, progress: float) -> float:
+    """The learning rate at ``progress`` in ``[0, 1)`` of training: constant, or cosine decay to zero."""
+    if schedule == "constant":
+        return base
+    return 0.5 * base * (1.0 + math.cos(math.pi * progress))
+
+
+class ConfigError(ValueError):
+    """A bad option: ``option`` is its command-line name (e.g. ``--clip-max``)."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"{option}: {message}")
+        self.option = option
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Field ``foo_bar`` is the command-line option ``--foo-bar``.
+
+    ``frames``/``image_size`` of None take the task's default (:data:`TASK_DEFAULTS`); ``clip_max`` of None
+    trains on whole sequences, otherwise on overlapping clips of ``clip_min..clip_max`` frames.
+    """
+
+    task: str = "moving-shapes"
+    cell: str = "cbm"
+    layers: int = 1
+    seed: int = 0
+    hidden: int = 8
+    kernel_size: int = 3
+    shortcut_every: int = 2
+    frames: Optional[int] = None
+    image_size: Optional[int] = None
+    train_size: int = 1200
+    test_size: int = 300
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"
+    grad_clip: float = 1.0
+    td_schedule: str = "1.0,0.8@2,0.5@4"
+    clip_min: int = 2
+    clip_max: Optional[int] = None
+    overlap: float = 0.25
+    coherence_lambda: float = 0.8
+    handoff: bool = True
+    backend: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        defaults = TASK_DEFAULTS.get(self.task, {})
+        if self.frames is None:
+            self.frames = defaults.get("frames")
+        if self.image_size is None:
+            self.image_size = defaults.get("image_size")
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` for the first bad option."""
+        if self.task not in TASKS:
+            raise ConfigError("--task", f"must be one of {list(TASKS)}, got {self.task!r}")
+        if self.cell not in CELLS:
+            raise ConfigError("--cell", f"must be one of {list(CELLS)}, got {self.cell!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError("--backend", f"must be one of {list(BACKENDS)}, got {self.backend!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError("--device", f"must be one of ['auto', 'cpu', 'cuda'], got {self.device!r}")
+        for option, value, low in (
+            ("--layers", self.layers, 1),
+            ("--hidden", self.hidden, 1),
+            ("--epochs", self.epochs, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--train-size", self.train_size, 1),
+            ("--test-size", self.test_size, 1),
+            ("--frames", self.frames, 2),
+            ("--image-size", self.image_size, 4),
+        ):
+            if value < low:
+                raise ConfigError(option, f"must be >= {low}, got {value}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ConfigError("--kernel-size", f"must be an odd number >= 1, got {self.kernel_size}")
+        if self.lr <= 0:
+            raise ConfigError("--lr", f"must be > 0, got {self.lr}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError("--lr-schedule", f"must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.task == "cat-dog" and self.frames < 64:
+            raise ConfigError("--frames", f"must be >= 64 for cat-dog, got {self.frames}")
+        try:
+            TDSchedule.parse(self.td_schedule)
+        except ValueError as e:
+            raise ConfigError("--td-schedule", str(e)) from None
+        if self.clip_max is not None:
+            try:
+                check_clip_lengths(self.frames, self.clip_min, self.clip_max)
+            except ValueError as e:
+                option = "--clip-min" if str(e).startswith("n_min must be >= 2") else "--clip-max"
+                msg = str(e).replace("n_min", "--clip-min").replace("n_max", "--clip-max")
+                raise ConfigError(option, msg + f" (--frames {self.frames})") from None
+        if self.clip_max is not None and self.cell == "convlstm":
+            raise ConfigError(
+                "--clip-max", "overlap training needs every step's (h, c) state, which ConvLSTM does not return; use --cell cbm"
+            )
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError("--overlap", f"must be in [0, 1), got {self.overlap}")
+        if self.coherence_lambda < 0:
+            raise ConfigError("--coherence-lambda", f"must be >= 0, got {self.coherence_lambda}")
+
+    def architecture(self) -> Dict[str, object]:
+        """The options a checkpoint's weights depend on (a resumed run must match them)."""
+        keys = ("task", "cell", "layers", "hidden", "kernel_size", "shortcut_every", "frames", "image_size")
+        return {k: getattr(self, k) for k in keys}
+
+    def to_dict(self) -> Dict[str, object]:
+        """All fields, JSON-ready."""
+        return asdict(self)
