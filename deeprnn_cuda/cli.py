@@ -24,6 +24,14 @@ DEMO = {
 """``deeprnn demo``'s run: a 15-layer CBM on moving-shapes, sized to finish in minutes on 2 CPU cores."""
 
 
+VIDEO_TASK = "video-prediction"
+"""``deeprnn train --task video-prediction``: a deep video predictor on moving digits (observe 10, predict 20)."""
+
+# Options of ``train`` that the video-prediction run does not take (it has no clips, TD schedule or devices).
+_VIDEO_UNUSED = ("frames", "clip_min", "clip_max", "overlap", "coherence_lambda", "handoff", "td_schedule",
+                 "kernel_size", "shortcut_every", "lr_schedule", "grad_clip", "device", "resume")
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr (exit code 2)."""
 
@@ -36,7 +44,8 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     from .data import TASKS
     from .training.model import CELLS
 
-    p.add_argument("--task", choices=TASKS, help="synthetic task (default moving-shapes)")
+    p.add_argument("--task", choices=TASKS + ((VIDEO_TASK,) if not grid else ()),
+                   help="synthetic task (default moving-shapes)")
     if not grid:
         p.add_argument("--cell", choices=CELLS, help="recurrent cell (default cbm)")
         p.add_argument("--layers", type=int, help="stack depth (default 1)")
@@ -117,9 +126,44 @@ def cmd_info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _train_video_prediction(args: argparse.Namespace) -> int:
+    """Train a DeepVideoPredictor on moving digits; print PSNR/SSIM per predicted frame (the paper's Table 4)."""
+    import time
+
+    from .models.video_task import run_video_prediction
+    from .training import ConfigError
+
+    for name in _VIDEO_UNUSED:
+        if getattr(args, name, None) not in (None, False):
+            raise ConfigError(f"--{name.replace('_', '-')}", f"is not an option of --task {VIDEO_TASK}")
+    train_size = args.train_size or 256
+    batch_size = args.batch_size or 16
+    options = dict(cell=args.cell or "cbm", num_layers=args.layers or 15, width=args.hidden or 8,
+                   size=args.image_size or 32, train_size=train_size, test_size=args.test_size or 64,
+                   steps=max(1, (args.epochs or 6) * train_size // batch_size), batch_size=batch_size,
+                   lr=args.lr or 1e-3, backend=args.backend or "auto", seed=args.seed or 0)
+    if options["size"] % 4 or options["size"] < 12:
+        raise ConfigError("--image-size", f"must be a multiple of 4 and at least 12, got {options['size']}")
+    start = time.perf_counter()
+    result = run_video_prediction(**options)
+    seconds = time.perf_counter() - start
+    summary = {"task": VIDEO_TASK, "cell": options["cell"], "layers": options["num_layers"], "seconds": seconds,
+               "psnr": result.psnr, "ssim": result.ssim, "psnr_avg": result.psnr_avg, "ssim_avg": result.ssim_avg,
+               "test_accuracy": None}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({**summary, "options": options, "train_losses": result.train_losses}))
+    print(result.table())
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one model; the last stdout line is the JSON summary."""
     from .training import train
+
+    if args.task == VIDEO_TASK:
+        return _train_video_prediction(args)
 
     summary = train(_config(args), args.out, resume=args.resume, progress=args.progress)
     if summary:
@@ -157,9 +201,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The README's demo: a 15-layer CBM on moving-shapes."""
+    """The README's demo: every backend on one deep CBM stack, then a 15-layer CBM trained on moving-shapes."""
+    import torch
+
+    from .backend_check import compare_backends
     from .training import train
 
+    device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    print(f"Backends on a 15-layer CBM (forward+backward, {device}):")
+    reports = compare_backends(device=device)
+    for report in reports:
+        print("  " + report.line(reports[0].seconds))
     summary = train(_config(args, DEMO), args.out, progress=args.progress)
     print(
         f"15-layer CBM on moving-shapes: test accuracy {summary['test_accuracy']:.1%} in {summary['seconds']:.0f} s "

@@ -5,6 +5,8 @@ from typing import Dict, Tuple
 
 from .cat_dog import cat_dog, cat_template, distance_labels
 from .dataset import IGNORE_INDEX, SequenceDataset
+from .frame_folder import FrameFolderVideos
+from .moving_digits import digit_glyph, moving_digits
 from .moving_shapes import moving_shapes
 
 TASKS = ("moving-shapes", "cat-dog")
@@ -25,12 +27,15 @@ def make_task(task: str, train_size: int, test_size: int, seed: int, **options) 
 
 
 __all__ = [
+    "FrameFolderVideos",
     "IGNORE_INDEX",
     "SequenceDataset",
     "TASKS",
     "cat_dog",
     "cat_template",
+    "digit_glyph",
     "distance_labels",
     "make_task",
+    "moving_digits",
     "moving_shapes",
 ]
