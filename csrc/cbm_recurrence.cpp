@@ -19,6 +19,12 @@ Tensor pad_kernel(const Tensor& w, int64_t k) {
   return p == 0 ? w : at::constant_pad_nd(w, {p, p, p, p});
 }
 
+// Undoes pad_kernel on a gradient.
+Tensor crop_kernel(const Tensor& g, int64_t k) {
+  const int64_t p = (g.size(-1) - k) / 2;
+  return p == 0 ? g : g.narrow(2, p, k).narrow(3, p, k);
+}
+
 // The representation weights and the x-half of the temporal weights stacked on output channels, so both
 // input projections are one convolution with 2C output channels.
 Tensor input_weight(const Tensor& weight_r, const Tensor& w_tx) {
@@ -131,9 +137,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
   const Tensor w_tx = weight_t.narrow(1, 0, C_in), w_tc = weight_t.narrow(1, C_in, C);
   const Tensor w_tc_t = transpose_kernel(w_tc);
 
-  // The only sequential part: dG_t needs convT(dG_{t+1}, W_tc).
-  const Tensor dG = at::empty({T, B, C, H, W}, x.options());
-  const Tensor dP_r = at::empty_like(dG);
+  // The only sequential part: dG_t needs convT(dG_{t+1}, W_tc). dP = [dP_r | dG] per image is laid out like
+  // the input projection's output, so its backward is one convolution with 2C channels.
+  const Tensor dP = at::empty({T, B, 2 * C, H, W}, x.options());
+  const Tensor dP_r = dP.narrow(2, 0, C), dG = dP.narrow(2, C, C);
   for (int64_t t = T - 1; t >= 0; --t) {
     const Tensor rec = t == T - 1 ? Tensor() : same_conv(dG[t + 1], w_tc_t);
     kernels.backward(grad_o[t], grad_c[t], rec, r[t], c[t], dG[t], dP_r[t], opt);
@@ -143,7 +150,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
   // Everything else is batched over all T*B images.
   const int64_t TB = T * B;
   const Tensor x_flat = x.contiguous().view({TB, C_in, H, W});
-  const Tensor dG_flat = dG.view({TB, C, H, W}), dP_r_flat = dP_r.view({TB, C, H, W});
+  const Tensor dP_flat = dP.view({TB, 2 * C, H, W});
+  const Tensor dG_flat = dP_flat.narrow(1, C, C);
   // Recurrent weight: pairs (c_{t-1}, dG_t); the c0 pair apart, so no concatenated copy of the states.
   Tensor grad_w_tc = std::get<1>(conv_backward(dG[0], c0, w_tc, {false, true, false}));
   if (T > 1) {
@@ -158,25 +166,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
     keep = td_mask->logical_not().to(x.scalar_type());
     keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({TB, 1, 1, 1});
   }
+  const Tensor w_in = input_weight(weight_r, w_tx);
   const int64_t chunk = conv_chunk_images(kernels, TB, (C_in + 2 * C) * H * W);
-  Tensor grad_x = at::empty_like(x_flat), grad_weight_r, grad_bias_r, grad_w_tx, grad_bias_t;
+  Tensor grad_x, grad_w_in, grad_bias;
   for (int64_t i = 0; i < TB; i += chunk) {
     const int64_t n = std::min(chunk, TB - i);
-    const Tensor xs = x_flat.narrow(0, i, n), dg = dG_flat.narrow(0, i, n);
-    auto [dx_r, gw_r, gb_r] = conv_backward(dP_r_flat.narrow(0, i, n), xs, weight_r, {true, true, true});
-    auto [dx_t, gw_tx, gb_t] = conv_backward(dg, xs, w_tx, {!keep.defined(), true, true});
+    const Tensor xs = x_flat.narrow(0, i, n), dp = dP_flat.narrow(0, i, n);
+    auto [dx, gw, gb] = conv_backward(dp, xs, w_in, {!keep.defined(), true, true});
     if (keep.defined()) {
-      dx_t = std::get<0>(conv_backward(dg * keep.narrow(0, i, n), xs, w_tx, {true, false, false}));
+      Tensor dp_cut = dp.clone();
+      dp_cut.narrow(1, C, C).mul_(keep.narrow(0, i, n));
+      dx = std::get<0>(conv_backward(dp_cut, xs, w_in, {true, false, false}));
     }
-    Tensor grad_x_chunk = grad_x.narrow(0, i, n);
-    at::add_out(grad_x_chunk, dx_r, dx_t);
     if (i == 0) {
-      grad_weight_r = gw_r, grad_bias_r = gb_r, grad_w_tx = gw_tx, grad_bias_t = gb_t;
+      grad_x = n == TB ? dx : at::empty_like(x_flat);
+      grad_w_in = gw, grad_bias = gb;
     } else {
-      grad_weight_r.add_(gw_r), grad_bias_r.add_(gb_r), grad_w_tx.add_(gw_tx), grad_bias_t.add_(gb_t);
+      grad_w_in.add_(gw), grad_bias.add_(gb);
     }
+    if (n != TB) grad_x.narrow(0, i, n).copy_(dx);
   }
-  return {grad_x.view(x.sizes()), grad_weight_r, grad_bias_r, at::cat({grad_w_tx, grad_w_tc}, 1), grad_bias_t,
+  const Tensor grad_weight_r = crop_kernel(grad_w_in.narrow(0, 0, C), weight_r.size(-1)).contiguous();
+  const Tensor grad_w_tx = crop_kernel(grad_w_in.narrow(0, C, C), weight_t.size(-1));
+  return {grad_x.view(x.sizes()),
+          grad_weight_r,
+          grad_bias.narrow(0, 0, C).clone(),  // outputs must not alias
+          at::cat({grad_w_tx, grad_w_tc}, 1),
+          grad_bias.narrow(0, C, C).clone(),
           grad_c0};
 }
 
