@@ -137,54 +137,54 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
   const Tensor w_tx = weight_t.narrow(1, 0, C_in), w_tc = weight_t.narrow(1, C_in, C);
   const Tensor w_tc_t = transpose_kernel(w_tc);
 
-  // The only sequential part: dG_t needs convT(dG_{t+1}, W_tc). dP = [dP_r | dG] per image is laid out like
-  // the input projection's output, so its backward is one convolution with 2C channels.
-  const Tensor dP = at::empty({T, B, 2 * C, H, W}, x.options());
-  const Tensor dP_r = dP.narrow(2, 0, C), dG = dP.narrow(2, C, C);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const Tensor rec = t == T - 1 ? Tensor() : same_conv(dG[t + 1], w_tc_t);
-    kernels.backward(grad_o[t], grad_c[t], rec, r[t], c[t], dG[t], dP_r[t], opt);
-  }
-  const Tensor grad_c0 = same_conv(dG[0], w_tc_t);
-
-  // Everything else is batched over all T*B images.
   const int64_t TB = T * B;
   const Tensor x_flat = x.contiguous().view({TB, C_in, H, W});
-  const Tensor dP_flat = dP.view({TB, 2 * C, H, W});
-  const Tensor dG_flat = dP_flat.narrow(1, C, C);
-  // Recurrent weight: pairs (c_{t-1}, dG_t); the c0 pair apart, so no concatenated copy of the states.
-  Tensor grad_w_tc = std::get<1>(conv_backward(dG[0], c0, w_tc, {false, true, false}));
-  if (T > 1) {
-    grad_w_tc.add_(std::get<1>(conv_backward(dG_flat.narrow(0, B, TB - B),
-                                             c.narrow(0, 0, T - 1).view({TB - B, C, H, W}), w_tc,
-                                             {false, true, false})));
-  }
-  // Input projections, in chunks of images (see StepKernels::conv_chunk_elements). Temporal Dropout cuts dG's
-  // path into x; W_t and b_t still see the full dG.
-  Tensor keep;
+  const Tensor w_in = input_weight(weight_r, w_tx);
+  Tensor keep;  // (T*B, 1, 1, 1): 0 where Temporal Dropout cuts dG's path into x
   if (td_mask.has_value()) {
     keep = td_mask->logical_not().to(x.scalar_type());
     keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({TB, 1, 1, 1});
   }
-  const Tensor w_in = input_weight(weight_r, w_tx);
-  const int64_t chunk = conv_chunk_images(kernels, TB, (C_in + 2 * C) * H * W);
-  Tensor grad_x, grad_w_in, grad_bias;
-  for (int64_t i = 0; i < TB; i += chunk) {
-    const int64_t n = std::min(chunk, TB - i);
-    const Tensor xs = x_flat.narrow(0, i, n), dp = dP_flat.narrow(0, i, n);
+  // Backward runs over chunks of time steps, last chunk first (see StepKernels::conv_chunk_elements). Per chunk:
+  // the sequential part (dG_t needs convT(dG_{t+1}, W_tc)) fills dP = [dP_r | dG] for its steps, laid out like
+  // the input projection's output; then the weight and input gradients of those steps are taken in a few
+  // batched convolutions. The chunk buffer is reused, so memory stays O(chunk), not O(T).
+  const int64_t steps = std::max<int64_t>(1, conv_chunk_images(kernels, TB, (C_in + 2 * C) * H * W) / B);
+  const Tensor dP = at::empty({std::min(steps, T), B, 2 * C, H, W}, x.options());
+  Tensor grad_x = steps >= T ? Tensor() : at::empty_like(x_flat);
+  Tensor grad_w_in, grad_bias, grad_w_tc, rec;
+  auto accumulate = [](Tensor& total, const Tensor& part) { total = total.defined() ? total.add_(part) : part; };
+  for (int64_t t1 = T; t1 > 0; t1 -= steps) {
+    const int64_t t0 = std::max<int64_t>(0, t1 - steps), n = t1 - t0;
+    const Tensor dP_r = dP.narrow(2, 0, C), dG = dP.narrow(2, C, C);
+    for (int64_t t = t1 - 1; t >= t0; --t) {
+      kernels.backward(grad_o[t], grad_c[t], rec, r[t], c[t], dG[t - t0], dP_r[t - t0], opt);
+      rec = same_conv(dG[t - t0], w_tc_t);  // convT(dG_t, W_tc): feeds step t-1; at t = 0 it is grad_c0
+    }
+    // Recurrent weight: pairs (c_{t-1}, dG_t), the c0 pair apart so no concatenated copy of the states.
+    const Tensor dG_flat = dG.narrow(0, 0, n).reshape({n * B, C, H, W});
+    const int64_t first = t0 == 0 ? 1 : 0;  // steps whose previous state is c[t-1]
+    if (t0 == 0) accumulate(grad_w_tc, std::get<1>(conv_backward(dG[0], c0, w_tc, {false, true, false})));
+    if (n > first) {
+      accumulate(grad_w_tc, std::get<1>(conv_backward(dG_flat.narrow(0, first * B, (n - first) * B),
+                                                      c.narrow(0, t0 + first - 1, n - first).view({-1, C, H, W}),
+                                                      w_tc, {false, true, false})));
+    }
+    // Input projections: W_t and b_t see the full dG; with Temporal Dropout x sees the masked one.
+    const Tensor dp = dP.narrow(0, 0, n).view({n * B, 2 * C, H, W}), xs = x_flat.narrow(0, t0 * B, n * B);
     auto [dx, gw, gb] = conv_backward(dp, xs, w_in, {!keep.defined(), true, true});
     if (keep.defined()) {
       Tensor dp_cut = dp.clone();
-      dp_cut.narrow(1, C, C).mul_(keep.narrow(0, i, n));
+      dp_cut.narrow(1, C, C).mul_(keep.narrow(0, t0 * B, n * B));
       dx = std::get<0>(conv_backward(dp_cut, xs, w_in, {true, false, false}));
     }
-    if (i == 0) {
-      grad_x = n == TB ? dx : at::empty_like(x_flat);
-      grad_w_in = gw, grad_bias = gb;
+    if (grad_x.defined()) {
+      grad_x.narrow(0, t0 * B, n * B).copy_(dx);
     } else {
-      grad_w_in.add_(gw), grad_bias.add_(gb);
+      grad_x = dx;
     }
-    if (n != TB) grad_x.narrow(0, i, n).copy_(dx);
+    accumulate(grad_w_in, gw);
+    accumulate(grad_bias, gb);
   }
   const Tensor grad_weight_r = crop_kernel(grad_w_in.narrow(0, 0, C), weight_r.size(-1)).contiguous();
   const Tensor grad_w_tx = crop_kernel(grad_w_in.narrow(0, C, C), weight_t.size(-1));
@@ -193,7 +193,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
           grad_bias.narrow(0, 0, C).clone(),  // outputs must not alias
           at::cat({grad_w_tx, grad_w_tc}, 1),
           grad_bias.narrow(0, C, C).clone(),
-          grad_c0};
+          rec};
 }
 
 }  // namespace deeprnn
