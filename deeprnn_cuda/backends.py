@@ -40,7 +40,9 @@ def backend_status() -> Dict[str, str]:
     else:
         status["native"] = f"not available: {native.unavailable_reason()}"
     if triton_backend.is_available():
-        status["triton"] = f"available (Triton {triton_backend.triton_version()})"
+        where = ("CPU tensors under the interpreter, TRITON_INTERPRET=1" if triton_backend.interpreter_active()
+                 else "CUDA tensors" + ("" if torch.cuda.is_available() else "; no GPU visible here"))
+        status["triton"] = f"available (Triton {triton_backend.triton_version()}, {where})"
     else:
         status["triton"] = f"not available: {triton_backend.unavailable_reason()}"
     return status
@@ -91,7 +93,8 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Callable:
         if not triton_backend.is_available():
             raise RuntimeError(f"backend='triton' is not available: {triton_backend.unavailable_reason()}")
         if not triton_backend.supports(x):
-            raise RuntimeError(f"backend='triton' does not support {x.dtype} tensors on {x.device.type}")
+            hint = " (Triton runs CUDA tensors; on the CPU only under TRITON_INTERPRET=1)" if not x.is_cuda else ""
+            raise RuntimeError(f"backend='triton' does not support {x.dtype} tensors on {x.device.type}{hint}")
         return triton_backend.cbm_layer_triton
     if _native_supports(x):
         return _native().cbm_layer_native

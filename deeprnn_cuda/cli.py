@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     """The options of ``train`` (``compare`` takes them too, except the cell and depth it varies)."""
     from .data import TASKS
-    from .training.model import CELLS
+    from .models.stack import CELLS
 
     p.add_argument("--task", choices=TASKS + ((VIDEO_TASK,) if not grid else ()),
                    help="synthetic task (default moving-shapes)")

@@ -18,3 +18,22 @@ def assert_close_rel(got: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, w
     assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
     err = rel_err(got, ref)
     assert err <= TOLERANCES[dtype], f"{what}: relative error {err:.3e} > {TOLERANCES[dtype]:.0e} ({dtype})"
+
+
+def make_inputs(T, B, C_in, C, H, W, k_r=3, k_t=3, dtype=torch.float64, bias=True, seed=0, device="cpu"):
+    """Random cbm_layer inputs requiring grad, drawn in float64 on the CPU (the same values for every dtype
+    and device), scaled like a Xavier init so activations stay in their interesting range; never zeros."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device, dtype).requires_grad_()
+
+    fan_t = (C_in + C) * k_t * k_t
+    return dict(
+        x=rnd(T, B, C_in, H, W),
+        weight_r=rnd(C, C_in, k_r, k_r, scale=(C_in * k_r * k_r) ** -0.5),
+        bias_r=rnd(C, scale=0.1) if bias else None,
+        weight_t=rnd(C, C_in + C, k_t, k_t, scale=fan_t ** -0.5),
+        bias_t=rnd(C, scale=0.1) if bias else None,
+        c0=rnd(B, C, H, W, scale=0.5),
+    )

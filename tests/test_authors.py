@@ -10,15 +10,6 @@ F64 = torch.float64
 B, T, C_IN, H, W = 2, 3, 3, 5, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a shared 2-core machine: one intra-op thread is ~1000x faster than two."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def exact(got, want, what):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14, msg=lambda m: f"{what}: {m}")
 

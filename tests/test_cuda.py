@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deeprnn_cuda import _native, cbm_layer
+import helpers
 from helpers import TOLERANCES, assert_close_rel, rel_err
 
 HAS_CUDA = torch.cuda.is_available()
@@ -29,21 +30,8 @@ CANONICAL = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (C_in = C, H = W) at T
 
 
 def make_inputs(T, B, C_in, C, H, W, dtype, k_r=3, k_t=3, bias=True, seed=0):
-    """Random CBM inputs on the GPU in ``dtype`` (drawn in float64 on the CPU, so identical for every dtype)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(DEV, dtype).requires_grad_()
-
-    fan_t = (C_in + C) * k_t * k_t
-    return dict(
-        x=rnd(T, B, C_in, H, W),
-        weight_r=rnd(C, C_in, k_r, k_r, scale=(C_in * k_r * k_r) ** -0.5),
-        bias_r=rnd(C, scale=0.1) if bias else None,
-        weight_t=rnd(C, C_in + C, k_t, k_t, scale=fan_t ** -0.5),
-        bias_t=rnd(C, scale=0.1) if bias else None,
-        c0=rnd(B, C, H, W, scale=0.5),
-    )
+    """Random CBM inputs on the GPU in ``dtype`` (identical values for every dtype)."""
+    return helpers.make_inputs(T, B, C_in, C, H, W, k_r, k_t, dtype=dtype, bias=bias, seed=seed, device=DEV)
 
 
 def as_double(inputs):

@@ -6,30 +6,13 @@ import torch
 
 from deeprnn_cuda import _native, cbm_layer
 from deeprnn_cuda.reference import cbm_layer_ref
-from helpers import assert_close_rel
+from helpers import assert_close_rel, make_inputs
 
 COMPILED = ["native"] if _native.is_available() else []
 ACT_R = ["relu", "tanh", "identity"]
 ACT_T = ["sigmoid", "relu"]
 MERGE = ["mul", "add"]
 TD = [None, "node", "sample"]
-
-
-def make_inputs(T, B, C_in, C, H, W, k_r=3, k_t=3, dtype=torch.float64, bias=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def rnd(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
-
-    fan_t = (C_in + C) * k_t * k_t
-    return dict(
-        x=rnd(T, B, C_in, H, W),
-        weight_r=rnd(C, C_in, k_r, k_r, scale=(C_in * k_r * k_r) ** -0.5),
-        bias_r=rnd(C, scale=0.1) if bias else None,
-        weight_t=rnd(C, C_in + C, k_t, k_t, scale=fan_t ** -0.5),
-        bias_t=rnd(C, scale=0.1) if bias else None,
-        c0=rnd(B, C, H, W, scale=0.5),
-    )
 
 
 def make_td(kind, T, B, seed=1):

@@ -15,15 +15,6 @@ F64 = torch.float64
 T, B, H, W = 3, 2, 5, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a shared 2-core machine: one intra-op thread is ~1000x faster than two."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def randomize_(module: nn.Module) -> nn.Module:
     """Fresh random values in every parameter (biases included), float64."""
     module.double()

@@ -7,7 +7,7 @@ from typing import Dict, Optional
 
 from .._checks import BACKENDS
 from ..data import TASKS
-from .model import CELLS
+from ..models.stack import CELLS
 from .overlap import check_clip_lengths
 from .schedule import TDSchedule
 

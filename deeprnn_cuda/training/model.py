@@ -8,7 +8,6 @@ import torch.nn as nn
 
 from .states import State
 
-CELLS = ("cbm", "convlstm")
 
 
 class SequenceClassifier(nn.Module):
@@ -31,17 +30,12 @@ class SequenceClassifier(nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        from ..modules import CBM, ConvLSTM
+        from ..models.stack import recurrent_stack
 
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {list(CELLS)}, got {cell!r}")
         if layers < 1:
             raise ValueError(f"layers must be >= 1, got {layers}")
         self.cell = cell
-        if cell == "cbm":
-            self.rnn = CBM(in_channels, hidden, kernel_size, num_layers=layers, shortcut_every=shortcut_every, backend=backend)
-        else:
-            self.rnn = ConvLSTM(in_channels, hidden, kernel_size, num_layers=layers, shortcut_every=shortcut_every)
+        self.rnn = recurrent_stack(cell, in_channels, hidden, layers, kernel_size, shortcut_every, backend)
         self.head = nn.Linear(hidden * image_size * image_size, num_classes)
 
     def forward(
