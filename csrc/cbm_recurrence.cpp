@@ -1,6 +1,7 @@
-// The device-generic CBM recurrence (DESIGN.md section 1, "Why it can be fast"): both input convolutions
-// for all T steps as one ATen convolution over T*B images, then the time loop in C++ with one C -> C
-// convolution and one fused epilogue per step. Backward mirrors it; weight gradients are batched after.
+// The device-generic CBM recurrence (DESIGN.md section 1, "Why it can be fast"): both input convolutions as
+// one ATen convolution with 2C output channels over many steps' images at once (all T*B on CUDA, chunks on
+// the CPU: StepKernels::conv_chunk_elements), and the time loop in C++ with one C -> C convolution and one
+// fused epilogue per step. Backward mirrors it; weight and input gradients are batched per chunk of steps.
 #include "cbm.h"
 
 #include <c10/util/Exception.h>
@@ -105,7 +106,7 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tenso
                          .contiguous()
                          .view({n, B, 2 * C, H, W});
     for (int64_t t = t0; t < t0 + n; ++t) {
-      const Tensor rec = same_conv(t == 0 ? c0.contiguous() : c[t - 1], w_tc);
+      const Tensor rec = same_conv(t == 0 ? c0 : c[t - 1], w_tc);
       kernels.forward(P[t - t0].narrow(1, 0, C), P[t - t0].narrow(1, C, C), rec, r[t], c[t], o[t], opt);
     }
   }
