@@ -10,7 +10,7 @@ OUT="${OUT:-$PWD/gpu_out}"
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python3}"
 START=$(date +%s)
 BUDGET="${GPU_SESSION_BUDGET_S:-530}"
 
