@@ -381,7 +381,7 @@ def _launch_plan(L: Launchers, C: int, H: int, W: int, B: int):
     """(step grid, step block kwargs, seq block kwargs) for the launchers in use."""
     HW = H * W
     if not L.autotune:
-        bm, bn, bk = _INTERP_BLOCKS["BLOCK_M"], _INTERP_BLOCKS["BLOCK_N"], _INTERP_BLOCKS["BLOCK_K"]
+        bm, bn = _INTERP_BLOCKS["BLOCK_M"], _INTERP_BLOCKS["BLOCK_N"]
         return (triton.cdiv(B * HW, bm), triton.cdiv(C, bn)), dict(_INTERP_BLOCKS), dict(_INTERP_BLOCKS)
 
     def grid(meta):

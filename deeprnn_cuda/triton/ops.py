@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import td_keep_mask
 from .._op_autograd import cbm_backward_fake, cbm_forward_fake, register_cbm_autograd
 from . import kernels
 
@@ -124,8 +125,7 @@ def cbm_backward(
     if td_mask is None:
         dx_t, dw_tx, db_t = _conv_bwd(dgx, xf, w_tx, True, [True, True, True])
     else:
-        keep = (~td_mask).to(x.dtype)
-        keep = keep.view(T, 1).expand(T, B) if keep.dim() == 1 else keep
+        keep = td_keep_mask(td_mask, T, B, x.dtype)
         _, dw_tx, db_t = _conv_bwd(dgx, xf, w_tx, True, [False, True, True])
         masked = (dgx.view(T, B, C * H * W) * keep.reshape(T, B, 1)).view(T * B, C, H, W)
         dx_t = _conv_bwd(masked, xf, w_tx, False, [True, False, False])[0]
