@@ -32,6 +32,10 @@ _VIDEO_UNUSED = ("frames", "clip_min", "clip_max", "overlap", "coherence_lambda"
                  "kernel_size", "shortcut_every", "lr_schedule", "grad_clip", "device", "resume")
 
 
+_VIDEO_TEACHER_FORCING = 0.4
+"""Fraction of the video-prediction steps trained teacher-forced before the closed-loop steps."""
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr (exit code 2)."""
 
@@ -138,9 +142,10 @@ def _train_video_prediction(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name.replace('_', '-')}", f"is not an option of --task {VIDEO_TASK}")
     train_size = args.train_size or 256
     batch_size = args.batch_size or 16
+    steps = max(1, (args.epochs or 6) * train_size // batch_size)
     options = dict(cell=args.cell or "cbm", num_layers=args.layers or 15, width=args.hidden or 8,
                    size=args.image_size or 32, train_size=train_size, test_size=args.test_size or 64,
-                   steps=max(1, (args.epochs or 6) * train_size // batch_size), batch_size=batch_size,
+                   steps=steps, teacher_forcing_steps=int(steps * _VIDEO_TEACHER_FORCING), batch_size=batch_size,
                    lr=args.lr or 1e-3, backend=args.backend or "auto", seed=args.seed or 0)
     if options["size"] % 4 or options["size"] < 12:
         raise ConfigError("--image-size", f"must be a multiple of 4 and at least 12, got {options['size']}")
@@ -149,7 +154,7 @@ def _train_video_prediction(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     summary = {"task": VIDEO_TASK, "cell": options["cell"], "layers": options["num_layers"], "seconds": seconds,
                "psnr": result.psnr, "ssim": result.ssim, "psnr_avg": result.psnr_avg, "ssim_avg": result.ssim_avg,
-               "test_accuracy": None}
+               "black_psnr": result.black_psnr, "black_ssim": result.black_ssim, "test_accuracy": None}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({**summary, "options": options, "train_losses": result.train_losses}))

@@ -197,6 +197,25 @@ def test_predictor_predicts_frames_in_range():
     assert out.shape == (1, 4, 1, 8, 8) and (out >= 0).all() and (out <= 1).all()
 
 
+@pytest.mark.parametrize("cell", ["cbm", "convlstm"])
+def test_predictor_teacher_forced_steps_equal_one_step_closed_loop_predictions(cell):
+    torch.manual_seed(0)
+    model = _predictor(cell).double().eval()
+    video = torch.rand(2, 6, 1, 8, 8, dtype=torch.float64)
+    teacher_forced = model.predict_next(video)
+    assert teacher_forced.shape == (2, 4, 1, 8, 8)
+    for k in range(2, 6):  # frame k from the true frames 0..k-1
+        torch.testing.assert_close(teacher_forced[:, k - 2], model(video[:, :k], num_future=1)[:, 0], rtol=1e-10, atol=1e-12)
+
+
+def test_predictor_logits_are_the_frames_before_the_sigmoid():
+    torch.manual_seed(0)
+    model = _predictor("cbm").eval()
+    video = torch.rand(1, 5, 1, 8, 8)
+    torch.testing.assert_close(torch.sigmoid(model(video[:, :3], 2, logits=True)), model(video[:, :3], 2))
+    torch.testing.assert_close(torch.sigmoid(model.predict_next(video, logits=True)), model.predict_next(video))
+
+
 @pytest.mark.parametrize(
     "build, message",
     [
@@ -205,6 +224,8 @@ def test_predictor_predicts_frames_in_range():
         (lambda: StandaloneDeepCBM(K, width=0), "width"),
         (lambda: recurrent_stack("convlstm", 2, 2, 1, td_rate=0.5), "td_rate"),
         (lambda: DeepVideoPredictor(width=2, num_layers=1)(torch.rand(1, 3, 1, 6, 8)), "divisible by 4"),
+        (lambda: DeepVideoPredictor(width=2, num_layers=1).predict_next(torch.rand(1, 2, 1, 8, 8)), "T>=3"),
+        (lambda: DeepVideoPredictor(width=2, num_layers=1)(torch.rand(1, 3, 2, 8, 8)), "C=1"),
         (lambda: StandaloneDeepCBM(K, width=2)(torch.rand(1, 2, 3, 15, 16)), "even"),
         (lambda: _polygon("cbm")(torch.rand(1, 3, 5, 5), torch.zeros(1, 3).long()), "features"),
     ],

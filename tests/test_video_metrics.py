@@ -84,10 +84,26 @@ def test_digit_glyph_scales():
 
 def test_video_task_reports_metrics_per_predicted_frame():
     result = run_video_prediction(
-        num_layers=2, width=2, observe=3, predict=2, size=12, train_size=4, test_size=2, steps=2, batch_size=2,
-        backend="reference",
+        num_layers=2, width=2, observe=3, predict=2, size=12, train_size=4, test_size=2, steps=3,
+        teacher_forcing_steps=2, batch_size=2, backend="reference",
     )
-    assert len(result.psnr) == len(result.ssim) == 2 and len(result.train_losses) == 2
-    assert all(math.isfinite(v) for v in result.psnr + result.ssim)
+    assert len(result.psnr) == len(result.ssim) == 2 and len(result.train_losses) == 3
+    assert all(math.isfinite(v) for v in result.psnr + result.ssim + result.train_losses)
     lines = result.table().splitlines()
     assert lines[0].split() == ["Metric", "T1", "T2", "Avg"] and lines[1].startswith("PSNR")
+    assert lines[3].startswith("PSNR black") and lines[4].startswith("SSIM black")
+
+
+def test_video_task_black_baseline_is_the_psnr_of_zeros():
+    result = run_video_prediction(
+        num_layers=1, width=2, observe=2, predict=2, size=12, train_size=2, test_size=3, steps=1, batch_size=2,
+        backend="reference", seed=5,
+    )
+    future = moving_digits(3, 4, 12, 1, 1, seed=5 + 1_000_003)[:, 2:]
+    expected = 10 * torch.log10(1 / future.double().pow(2).flatten(2).mean(-1)).mean(0)
+    torch.testing.assert_close(torch.tensor(result.black_psnr, dtype=torch.float64), expected)
+
+
+def test_video_task_rejects_more_teacher_forcing_than_steps():
+    with pytest.raises(ValueError, match="teacher_forcing_steps"):
+        run_video_prediction(num_layers=1, width=2, size=12, steps=2, teacher_forcing_steps=3)

@@ -97,30 +97,57 @@ class DeepVideoPredictor(nn.Module):
         return feats, state
 
     def _decode(self, motion: List[torch.Tensor], content: List[torch.Tensor]) -> torch.Tensor:
-        """The next frame from motion and content features (MCnet's combination, residuals, decoder)."""
+        """The next frame's logits from motion and content features (MCnet's combination, residuals, decoder)."""
         res = [r(torch.cat([m, c], dim=1)) for r, m, c in zip(self.residuals, motion, content)]
         h = self.combine(torch.cat([motion[-1], content[-1]], dim=1)) + res[2]
         for conv, skip in zip(self.decoder, (res[1], res[0])):
             h = conv(F.interpolate(h, scale_factor=2.0, mode="nearest")) + skip
-        return torch.sigmoid(self.to_frame(h))
+        return self.to_frame(h)
 
-    def forward(self, observed: torch.Tensor, num_future: int = 20) -> torch.Tensor:
-        """Predict ``num_future`` frames after ``observed (B, T_obs >= 2, C, H, W)``, closed loop."""
-        if observed.dim() != 5 or observed.shape[1] < 2 or observed.shape[2] != self.in_channels:
-            raise ValueError(
-                f"observed must have shape (B, T_obs>=2, C={self.in_channels}, H, W), got {tuple(observed.shape)}"
-            )
-        if observed.shape[3] % 4 or observed.shape[4] % 4:
-            raise ValueError(f"observed must have H and W divisible by 4, got {tuple(observed.shape[3:])}")
+    def predict_next(self, video: torch.Tensor, logits: bool = False) -> torch.Tensor:
+        """Teacher-forced one-step predictions: frame ``t + 1`` from the true frames ``0..t``, for ``t >= 1``.
+
+        ``video (B, T >= 3, C, H, W) -> (B, T - 2, C, H, W)``, predicting ``video[:, 2:]``. All steps run as
+        one batch over time (the recurrent stack once over the whole sequence), so this is the cheap,
+        dense training signal; :meth:`forward` is the closed-loop prediction that the metrics measure.
+        """
+        self._check_video(video, "video", min_frames=3)
+        frames = video.transpose(0, 1)
+        diffs = frames[1:-1] - frames[:-2]  # d_1 .. d_{T-2}; d_t pairs with the content of frame t
+        h, skips = diffs, []
+        for i, conv in enumerate(self.motion_convs):
+            h = per_frame(conv, per_frame(lambda f: F.max_pool2d(f, 2), h) if i else h)
+            skips.append(h)
+        skips[-1], _ = self.motion_rnn(h)
+        motion = [m.flatten(0, 1) for m in skips]
+        content = self._content(frames[1:-1].flatten(0, 1))
+        out = self._decode(motion, content).unflatten(0, diffs.shape[:2]).transpose(0, 1)
+        return out if logits else torch.sigmoid(out)
+
+    def _check_video(self, video: torch.Tensor, name: str, min_frames: int) -> None:
+        if not isinstance(video, torch.Tensor) or video.dim() != 5 or video.shape[1] < min_frames or video.shape[2] != self.in_channels:
+            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"{name} must have shape (B, T>={min_frames}, C={self.in_channels}, H, W), got {shape}")
+        if video.shape[3] % 4 or video.shape[4] % 4:
+            raise ValueError(f"{name} must have H and W divisible by 4, got {tuple(video.shape[3:])}")
+
+    def forward(self, observed: torch.Tensor, num_future: int = 20, logits: bool = False) -> torch.Tensor:
+        """Predict ``num_future`` frames after ``observed (B, T_obs >= 2, C, H, W)``, closed loop.
+
+        Returns frames in ``[0, 1]``, or with ``logits=True`` their logits (for a cross-entropy loss; the
+        frames fed back are still the sigmoids).
+        """
+        self._check_video(observed, "observed", min_frames=2)
         if isinstance(num_future, bool) or not isinstance(num_future, int) or num_future < 1:
             raise ValueError(f"num_future must be a positive int, got {num_future!r}")
         frames = observed.transpose(0, 1)
         motion, state = self._motion(frames[1:] - frames[:-1], None)
         last = frames[-1]
-        predictions = []
+        predictions, frame_logits = [], []
         for t in range(num_future):
             if t:
                 motion, state = self._motion((predictions[-1] - last).unsqueeze(0), state)
                 last = predictions[-1]
-            predictions.append(self._decode(motion, self._content(last)))
-        return torch.stack(predictions, dim=1)
+            frame_logits.append(self._decode(motion, self._content(last)))
+            predictions.append(torch.sigmoid(frame_logits[-1]))
+        return torch.stack(frame_logits if logits else predictions, dim=1)
