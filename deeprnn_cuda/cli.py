@@ -150,7 +150,7 @@ def _train_video_prediction(args: argparse.Namespace) -> int:
     if options["size"] % 4 or options["size"] < 12:
         raise ConfigError("--image-size", f"must be a multiple of 4 and at least 12, got {options['size']}")
     start = time.perf_counter()
-    result = run_video_prediction(**options)
+    result = run_video_prediction(**options, progress=args.progress)
     seconds = time.perf_counter() - start
     summary = {"task": VIDEO_TASK, "cell": options["cell"], "layers": options["num_layers"], "seconds": seconds,
                "psnr": result.psnr, "ssim": result.ssim, "psnr_avg": result.psnr_avg, "ssim_avg": result.ssim_avg,

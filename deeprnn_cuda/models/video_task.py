@@ -15,11 +15,13 @@ the predictor collapse to black frames under the MSE.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import List
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..data.moving_digits import moving_digits
 from ..metrics import psnr, ssim
@@ -96,13 +98,14 @@ def run_video_prediction(
     td_rate: float = 0.0,
     backend: str = "auto",
     seed: int = 0,
+    progress: bool = False,
 ) -> VideoPredictionResult:
     """Train on moving digits for ``steps`` Adam steps and evaluate per predicted frame.
 
     The first ``teacher_forcing_steps`` of the ``steps`` are teacher-forced one-step predictions over the
     whole ``observe + predict`` frames; the rest predict ``predict`` frames closed loop. ``size`` must be
     divisible by 4 and at least 11 (SSIM's window); digits are drawn at scale ``size // 16`` (at least 1).
-    Train and test videos come from disjoint seeds.
+    Train and test videos come from disjoint seeds. ``progress`` shows a tqdm bar on stderr.
     """
     if not 0 <= teacher_forcing_steps <= steps:
         raise ValueError(f"teacher_forcing_steps must be in [0, steps={steps}], got {teacher_forcing_steps}")
@@ -115,7 +118,8 @@ def run_video_prediction(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     losses = []
-    for step in range(steps):
+    bar = tqdm(range(steps), desc="video prediction", disable=not progress, leave=False, file=sys.stderr)
+    for step in bar:
         batch = train[torch.randint(train_size, (batch_size,), generator=g)]
         if step < teacher_forcing_steps:
             logits, target = model.predict_next(batch, logits=True), batch[:, 2:]
@@ -126,6 +130,7 @@ def run_video_prediction(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        bar.set_postfix(phase="teacher-forced" if step < teacher_forcing_steps else "closed-loop", loss=f"{losses[-1]:.4f}")
     psnr_t, ssim_t = evaluate_predictor(model, test, observe, batch_size)
     future = test[:, observe:]
     black = torch.zeros_like(future)
