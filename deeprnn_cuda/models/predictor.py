@@ -14,8 +14,10 @@ the rest follows MCnet (``w = width``, 64 in MCnet):
   ``[0, 1]``).
 
 Prediction is closed loop, as in MCnet: each predicted frame becomes the next content input and its
-difference to the previous frame the next motion input, the recurrent state carried over. Trained here
-with the MSE to the true frames (MCnet adds a gradient-difference and an adversarial loss).
+difference to the previous frame the next motion input, the recurrent state carried over.
+:meth:`DeepVideoPredictor.predict_next` is the teacher-forced variant for training. Both return logits
+on request: train with a cross entropy on them (see :mod:`.video_task`; MCnet adds a gradient-difference
+and an adversarial loss, not implemented here).
 """
 from __future__ import annotations
 
