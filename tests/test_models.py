@@ -208,6 +208,11 @@ def test_predictor_teacher_forced_steps_equal_one_step_closed_loop_predictions(c
         torch.testing.assert_close(teacher_forced[:, k - 2], model(video[:, :k], num_future=1)[:, 0], rtol=1e-10, atol=1e-12)
 
 
+def test_predictor_rejects_a_video_that_is_not_a_tensor():
+    with pytest.raises(TypeError, match="video must be a torch.Tensor"):
+        _predictor("cbm").predict_next([[0.0]])
+
+
 def test_predictor_logits_are_the_frames_before_the_sigmoid():
     torch.manual_seed(0)
     model = _predictor("cbm").eval()

@@ -87,16 +87,20 @@ class DeepVideoPredictor(nn.Module):
             feats.append(h)
         return feats
 
-    def _motion(self, diffs: torch.Tensor, state: Optional[Sequence]) -> Tuple[List[torch.Tensor], List]:
-        """Motion features of the last of ``diffs (T, B, C, H, W)`` at three scales, and the new state."""
+    def _motion_features(self, diffs: torch.Tensor) -> List[torch.Tensor]:
+        """Per-frame motion conv features of ``diffs (T, B, C, H, W)`` at ``H, H/2, H/4``, each ``(T, B, ...)``."""
         feats = []
         h = diffs
         for i, conv in enumerate(self.motion_convs):
             h = per_frame(conv, per_frame(lambda f: F.max_pool2d(f, 2), h) if i else h)
-            feats.append(h[-1])
-        out, state = self.motion_rnn(h, state)
-        feats[-1] = out[-1]
-        return feats, state
+            feats.append(h)
+        return feats
+
+    def _motion(self, diffs: torch.Tensor, state: Optional[Sequence]) -> Tuple[List[torch.Tensor], List]:
+        """Motion features of the last of ``diffs (T, B, C, H, W)`` at three scales, and the new state."""
+        feats = self._motion_features(diffs)
+        out, state = self.motion_rnn(feats[-1], state)
+        return [feats[0][-1], feats[1][-1], out[-1]], state
 
     def _decode(self, motion: List[torch.Tensor], content: List[torch.Tensor]) -> torch.Tensor:
         """The next frame's logits from motion and content features (MCnet's combination, residuals, decoder)."""
@@ -116,20 +120,19 @@ class DeepVideoPredictor(nn.Module):
         self._check_video(video, "video", min_frames=3)
         frames = video.transpose(0, 1)
         diffs = frames[1:-1] - frames[:-2]  # d_1 .. d_{T-2}; d_t pairs with the content of frame t
-        h, skips = diffs, []
-        for i, conv in enumerate(self.motion_convs):
-            h = per_frame(conv, per_frame(lambda f: F.max_pool2d(f, 2), h) if i else h)
-            skips.append(h)
-        skips[-1], _ = self.motion_rnn(h)
-        motion = [m.flatten(0, 1) for m in skips]
+        feats = self._motion_features(diffs)
+        feats[-1], _ = self.motion_rnn(feats[-1])
+        motion = [m.flatten(0, 1) for m in feats]
         content = self._content(frames[1:-1].flatten(0, 1))
         out = self._decode(motion, content).unflatten(0, diffs.shape[:2]).transpose(0, 1)
         return out if logits else torch.sigmoid(out)
 
     def _check_video(self, video: torch.Tensor, name: str, min_frames: int) -> None:
-        if not isinstance(video, torch.Tensor) or video.dim() != 5 or video.shape[1] < min_frames or video.shape[2] != self.in_channels:
-            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-            raise ValueError(f"{name} must have shape (B, T>={min_frames}, C={self.in_channels}, H, W), got {shape}")
+        expected = f"(B, T>={min_frames}, C={self.in_channels}, H, W)"
+        if not isinstance(video, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(video).__name__}")
+        if video.dim() != 5 or video.shape[1] < min_frames or video.shape[2] != self.in_channels:
+            raise ValueError(f"{name} must have shape {expected}, got {tuple(video.shape)}")
         if video.shape[3] % 4 or video.shape[4] % 4:
             raise ValueError(f"{name} must have H and W divisible by 4, got {tuple(video.shape[3:])}")
 
