@@ -28,7 +28,7 @@ VIDEO_TASK = "video-prediction"
 """``deeprnn train --task video-prediction``: a deep video predictor on moving digits (observe 10, predict 20)."""
 
 # Options of ``train`` that the video-prediction run does not take (it has no clips, TD schedule or devices).
-_VIDEO_UNUSED = ("frames", "clip_min", "clip_max", "overlap", "coherence_lambda", "handoff", "td_schedule",
+_VIDEO_UNUSED = ("frames", "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "td_schedule",
                  "kernel_size", "shortcut_every", "lr_schedule", "grad_clip", "device", "resume")
 
 
@@ -72,6 +72,8 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--clip-max", type=int, help="overlap training: longest clip; unset trains on whole sequences")
     p.add_argument("--overlap", type=float, help="overlap training: target overlap rate (default 0.25)")
     p.add_argument("--coherence-lambda", type=float, help="overlap coherence loss weight (default 0.8)")
+    p.add_argument("--coherence-on", choices=("probabilities", "logits"),
+                   help="what the coherence MSE compares (default probabilities)")
     p.add_argument("--no-handoff", dest="handoff", action="store_false", default=None,
                    help="ablation: clips start from zero states instead of an earlier clip's state")
     p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), help="CBM backend (default auto)")

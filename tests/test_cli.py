@@ -122,6 +122,7 @@ def _run_cli(args, tmp_path, timeout=120):
         (["--clip-max", "5"], "--clip-max"),  # longer than --frames 4
         (["--clip-min", "1", "--clip-max", "3"], "--clip-min"),
         (["--td-schedule", "1.0,0.5"], "--td-schedule"),
+        (["--coherence-on", "hidden"], "--coherence-on"),
     ],
 )
 def test_bad_options_fail_in_one_line_with_exit_code_2(tmp_path, capsys, args, option):

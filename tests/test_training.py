@@ -156,6 +156,22 @@ def test_training_step_fills_gradients_and_handoff_makes_overlaps_coherent():
     )["loss"]
 
 
+def test_coherence_compares_probabilities_by_default_or_logits_on_request():
+    model = _tiny_model().train()
+    x = torch.randn(6, 2, 1, 6, 6, dtype=torch.float64)
+    y = torch.full((6, 2), -100)  # no labels: the loss is the coherence term alone
+    clips = [Clip(0, 4), Clip(2, 6)]
+    with torch.no_grad():
+        first, _ = model(x[:4])
+        second, _ = model(x[2:6])  # from zeros (no hand-off): frames 2, 3 disagree with the first clip
+    for space, f in (("probabilities", lambda z: z.softmax(-1)), ("logits", lambda z: z)):
+        stats = overlap_training_step(model, x, y, clips, lam=0.8, handoff=False, coherence_on=space)
+        expected = 0.8 * nn.functional.mse_loss(f(second[:2]), f(first[2:4]))
+        assert stats["loss"] == pytest.approx(float(expected) / 2, rel=1e-10)  # mean over the two clips
+    with pytest.raises(ValueError, match="coherence_on"):
+        overlap_training_step(model, x, y, clips, coherence_on="hidden")
+
+
 def test_training_step_with_step_updates_after_every_wave():
     model = _tiny_model().train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 from .._checks import BACKENDS
 from ..data import TASKS
 from ..models.stack import CELLS
-from .overlap import check_clip_lengths
+from .overlap import COHERENCE_SPACES, check_clip_lengths
 from .schedule import TDSchedule
 
 TASK_DEFAULTS = {
@@ -65,6 +65,7 @@ class TrainConfig:
     clip_max: Optional[int] = None
     overlap: float = 0.25
     coherence_lambda: float = 0.8
+    coherence_on: str = "probabilities"
     handoff: bool = True
     backend: str = "auto"
     device: str = "auto"
@@ -125,6 +126,8 @@ class TrainConfig:
             raise ConfigError("--overlap", f"must be in [0, 1), got {self.overlap}")
         if self.coherence_lambda < 0:
             raise ConfigError("--coherence-lambda", f"must be >= 0, got {self.coherence_lambda}")
+        if self.coherence_on not in COHERENCE_SPACES:
+            raise ConfigError("--coherence-on", f"must be one of {list(COHERENCE_SPACES)}, got {self.coherence_on!r}")
 
     def architecture(self) -> Dict[str, object]:
         """The options a checkpoint's weights depend on (a resumed run must match them)."""

@@ -216,7 +216,9 @@ def _train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, (epoch + step / steps) / cfg.epochs)
         optimizer.zero_grad(set_to_none=True)
-        stats = overlap_training_step(model, x, y, clips, cfg.coherence_lambda, cfg.handoff, step=update)
+        stats = overlap_training_step(
+            model, x, y, clips, cfg.coherence_lambda, cfg.handoff, step=update, coherence_on=cfg.coherence_on
+        )
         loss_sum += stats["loss"]
         correct += stats["correct"]
         count += stats["count"]
