@@ -47,6 +47,7 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     """The options of ``train`` (``compare`` takes them too, except the cell and depth it varies)."""
     from .data import TASKS
     from .models.stack import CELLS
+    from .training.overlap import COHERENCE_SPACES
 
     p.add_argument("--task", choices=TASKS + ((VIDEO_TASK,) if not grid else ()),
                    help="synthetic task (default moving-shapes)")
@@ -72,7 +73,7 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--clip-max", type=int, help="overlap training: longest clip; unset trains on whole sequences")
     p.add_argument("--overlap", type=float, help="overlap training: target overlap rate (default 0.25)")
     p.add_argument("--coherence-lambda", type=float, help="overlap coherence loss weight (default 0.8)")
-    p.add_argument("--coherence-on", choices=("probabilities", "logits"),
+    p.add_argument("--coherence-on", choices=COHERENCE_SPACES,
                    help="what the coherence MSE compares (default probabilities)")
     p.add_argument("--no-handoff", dest="handoff", action="store_false", default=None,
                    help="ablation: clips start from zero states instead of an earlier clip's state")
