@@ -9,6 +9,7 @@ from deeprnn_cuda.training import (
     OverlapRunner,
     SequenceClassifier,
     TDSchedule,
+    TrainConfig,
     load_checkpoint,
     overlap_coherence_loss,
     overlap_training_step,
@@ -249,3 +250,16 @@ def test_crash_mid_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+# --- task defaults ----------------------------------------------------------------------------------
+
+
+def test_cat_dog_defaults_are_the_readme_settings_and_options_override_them():
+    cfg = TrainConfig(task="cat-dog")
+    assert (cfg.frames, cfg.image_size, cfg.hidden, cfg.train_size, cfg.test_size, cfg.epochs, cfg.batch_size, cfg.lr) == (
+        64, 4, 64, 1024, 64, 150, 16, 2e-3
+    )
+    assert TrainConfig(task="cat-dog", hidden=32, epochs=3).hidden == 32
+    shapes = TrainConfig()
+    assert (shapes.frames, shapes.image_size, shapes.hidden, shapes.epochs, shapes.lr) == (16, 32, 8, 6, 3e-3)

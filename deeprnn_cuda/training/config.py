@@ -11,11 +11,16 @@ from ..models.stack import CELLS
 from .overlap import COHERENCE_SPACES, check_clip_lengths
 from .schedule import TDSchedule
 
+GENERAL_DEFAULTS = {"hidden": 8, "train_size": 1200, "test_size": 300, "epochs": 6, "batch_size": 32, "lr": 3e-3}
+"""Model width, data and optimisation defaults of every task that does not set its own."""
+
 TASK_DEFAULTS = {
     "moving-shapes": {"frames": 16, "image_size": 32},
-    "cat-dog": {"frames": 64, "image_size": 8},
+    # the settings of the README's cat-dog result (95% exact-distance accuracy with clips of 4-9 frames)
+    "cat-dog": {"frames": 64, "image_size": 4, "hidden": 64, "train_size": 1024, "test_size": 64, "epochs": 150,
+                "batch_size": 16, "lr": 2e-3},
 }
-"""Sequence length and frame size of each task when the config leaves them unset."""
+"""Per task: sequence length, frame size and any :data:`GENERAL_DEFAULTS` it overrides."""
 
 
 LR_SCHEDULES = ("cosine", "constant")
@@ -40,24 +45,25 @@ class ConfigError(ValueError):
 class TrainConfig:
     """One training run. Field ``foo_bar`` is the command-line option ``--foo-bar``.
 
-    ``frames``/``image_size`` of None take the task's default (:data:`TASK_DEFAULTS`); ``clip_max`` of None
-    trains on whole sequences, otherwise on overlapping clips of ``clip_min..clip_max`` frames.
+    Fields that default to None take the task's default (:data:`TASK_DEFAULTS`, then
+    :data:`GENERAL_DEFAULTS`), except ``clip_max``: None trains on whole sequences, otherwise on
+    overlapping clips of ``clip_min..clip_max`` frames.
     """
 
     task: str = "moving-shapes"
     cell: str = "cbm"
     layers: int = 1
     seed: int = 0
-    hidden: int = 8
+    hidden: Optional[int] = None
     kernel_size: int = 3
     shortcut_every: int = 2
     frames: Optional[int] = None
     image_size: Optional[int] = None
-    train_size: int = 1200
-    test_size: int = 300
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 3e-3
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
     lr_schedule: str = "cosine"
     grad_clip: float = 1.0
     td_schedule: str = "1.0,0.8@2,0.5@4"
@@ -71,11 +77,10 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        defaults = TASK_DEFAULTS.get(self.task, {})
-        if self.frames is None:
-            self.frames = defaults.get("frames")
-        if self.image_size is None:
-            self.image_size = defaults.get("image_size")
+        defaults = {**GENERAL_DEFAULTS, **TASK_DEFAULTS.get(self.task, {})}
+        for name in ("frames", "image_size", *GENERAL_DEFAULTS):
+            if getattr(self, name) is None:
+                setattr(self, name, defaults.get(name))
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for the first bad option."""
