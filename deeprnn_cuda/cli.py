@@ -8,6 +8,12 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ._checks import BACKENDS
+from .data import TASKS
+from .models.stack import CELLS
+from .training.config import DEVICES, LR_SCHEDULES
+from .training.overlap import COHERENCE_SPACES
+
 DEMO = {
     "task": "moving-shapes",
     "cell": "cbm",
@@ -45,10 +51,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     """The options of ``train`` (``compare`` takes them too, except the cell and depth it varies)."""
-    from .data import TASKS
-    from .models.stack import CELLS
-    from .training.overlap import COHERENCE_SPACES
-
     p.add_argument("--task", choices=TASKS + ((VIDEO_TASK,) if not grid else ()),
                    help="synthetic task (default moving-shapes)")
     if not grid:
@@ -66,7 +68,7 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--epochs", type=int, help="epochs (default 6; cat-dog 150)")
     p.add_argument("--batch-size", type=int, help="sequences per step and process (default 32; cat-dog 16)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3; cat-dog 2e-3)")
-    p.add_argument("--lr-schedule", choices=("cosine", "constant"), help="per-step learning rate schedule (default cosine)")
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step learning rate schedule (default cosine)")
     p.add_argument("--grad-clip", type=float, help="gradient norm clip, 0: off (default 1.0)")
     p.add_argument("--td-schedule", help="Temporal Dropout rate by epoch, e.g. '1.0,0.8@2,0.5@4' (the default)")
     p.add_argument("--clip-min", type=int, help="overlap training: shortest clip (default 2)")
@@ -77,8 +79,8 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
                    help="what the coherence MSE compares (default probabilities)")
     p.add_argument("--no-handoff", dest="handoff", action="store_false", default=None,
                    help="ablation: clips start from zero states instead of an earlier clip's state")
-    p.add_argument("--backend", choices=("auto", "reference", "native", "triton"), help="CBM backend (default auto)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: cuda when available")
+    p.add_argument("--backend", choices=BACKENDS, help="CBM backend (default auto)")
+    p.add_argument("--device", choices=DEVICES, help="default auto: cuda when available")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
@@ -98,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train a 15-layer CBM on moving-shapes with the default settings")
     demo.add_argument("--out", type=Path, default=Path("deeprnn-demo"), help="output folder (default ./deeprnn-demo)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--backend", choices=("auto", "reference", "native", "triton"), default="auto")
-    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    demo.add_argument("--backend", choices=BACKENDS, default="auto")
+    demo.add_argument("--device", choices=DEVICES, default="auto")
     demo.add_argument("--no-progress", dest="progress", action="store_false")
     demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     return parser

@@ -121,7 +121,8 @@ def run_video_prediction(
     bar = tqdm(range(steps), desc="video prediction", disable=not progress, leave=False, file=sys.stderr)
     for step in bar:
         batch = train[torch.randint(train_size, (batch_size,), generator=g)]
-        if step < teacher_forcing_steps:
+        teacher_forced = step < teacher_forcing_steps
+        if teacher_forced:
             logits, target = model.predict_next(batch, logits=True), batch[:, 2:]
         else:
             logits, target = model(batch[:, :observe], predict, logits=True), batch[:, observe:]
@@ -130,7 +131,7 @@ def run_video_prediction(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        bar.set_postfix(phase="teacher-forced" if step < teacher_forcing_steps else "closed-loop", loss=f"{losses[-1]:.4f}")
+        bar.set_postfix(phase="teacher-forced" if teacher_forced else "closed-loop", loss=f"{losses[-1]:.4f}")
     psnr_t, ssim_t = evaluate_predictor(model, test, observe, batch_size)
     future = test[:, observe:]
     black = torch.zeros_like(future)

@@ -24,6 +24,7 @@ TASK_DEFAULTS = {
 
 
 LR_SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def learning_rate(base: float, schedule: str, progress: float) -> float:
@@ -90,8 +91,8 @@ class TrainConfig:
             raise ConfigError("--cell", f"must be one of {list(CELLS)}, got {self.cell!r}")
         if self.backend not in BACKENDS:
             raise ConfigError("--backend", f"must be one of {list(BACKENDS)}, got {self.backend!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError("--device", f"must be one of ['auto', 'cpu', 'cuda'], got {self.device!r}")
+        if self.device not in DEVICES:
+            raise ConfigError("--device", f"must be one of {list(DEVICES)}, got {self.device!r}")
         for option, value, low in (
             ("--layers", self.layers, 1),
             ("--hidden", self.hidden, 1),
