@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <functional>
 #include <optional>
 #include <tuple>
 
@@ -19,6 +20,33 @@ struct Options {
   int64_t act_r;
   int64_t act_t;
   int64_t merge;
+};
+
+// The whole sequential part of a layer, for a device that can run it in one go (CUDA: the persistent kernels of
+// csrc/cuda/cbm_persistent_*.cu). Every activation is (T, B, C, H, W) with contiguous (C, H, W); p_r / p_x and
+// dG / dP_r are channel slices of one (T, B, 2C, H, W) buffer. w_tc is the contiguous (C, C, k, k) recurrent
+// weight; c0 is contiguous.
+struct ForwardSequence {
+  const at::Tensor& p_r;
+  const at::Tensor& p_x;
+  const at::Tensor& w_tc;
+  const at::Tensor& c0;
+  const at::Tensor& r;
+  const at::Tensor& c;
+  const at::Tensor& o;
+  Options opt;
+};
+
+struct BackwardSequence {
+  const at::Tensor& grad_o;  // may be strided or a broadcast scalar, like the step kernels' inputs
+  const at::Tensor& grad_c;
+  const at::Tensor& r;
+  const at::Tensor& c;
+  const at::Tensor& w_tc;
+  const at::Tensor& c0;
+  const at::Tensor& dG;
+  const at::Tensor& dP_r;
+  Options opt;
 };
 
 // One time step's fused elementwise work. Every tensor is (B, C, H, W) with contiguous (C, H, W) and an
@@ -36,6 +64,11 @@ struct StepKernels {
   // forward and backward; 0 means all T*B images in one call. oneDNN runs large NCHW batches markedly slower
   // per image than ~1M-element ones, while many tiny calls cost overhead, so the CPU goes a chunk at a time.
   int64_t conv_chunk_elements = 0;
+  // Optional (null: always the per-step loop). Fills r, c, o for all T steps, either by calling step_loop (the
+  // per-step path) or with its own kernels; it may run both, e.g. to time them. Called when one chunk covers T.
+  void (*forward_sequence)(const ForwardSequence& seq, const std::function<void()>& step_loop) = nullptr;
+  // Optional: fills dG and dP_r for all T steps and returns grad_c0 = convT(dG_0, W_tc), as step_loop does.
+  at::Tensor (*backward_sequence)(const BackwardSequence& seq, const std::function<at::Tensor()>& step_loop) = nullptr;
 };
 
 // Images per input-projection convolution call for `kernels` (at least 1, at most total).

@@ -105,9 +105,17 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tenso
     const Tensor P = at::conv2d(x_c.narrow(0, t0, n).view({n * B, C_in, H, W}), w_in, bias, 1, w_in.size(-1) / 2)
                          .contiguous()
                          .view({n, B, 2 * C, H, W});
-    for (int64_t t = t0; t < t0 + n; ++t) {
-      const Tensor rec = same_conv(t == 0 ? c0 : c[t - 1], w_tc);
-      kernels.forward(P[t - t0].narrow(1, 0, C), P[t - t0].narrow(1, C, C), rec, r[t], c[t], o[t], opt);
+    const auto step_loop = [&]() {
+      for (int64_t t = t0; t < t0 + n; ++t) {
+        const Tensor rec = same_conv(t == 0 ? c0 : c[t - 1], w_tc);
+        kernels.forward(P[t - t0].narrow(1, 0, C), P[t - t0].narrow(1, C, C), rec, r[t], c[t], o[t], opt);
+      }
+    };
+    if (kernels.forward_sequence != nullptr && n == T) {
+      const Tensor p_r = P.narrow(2, 0, C), p_x = P.narrow(2, C, C), c0_c = c0.contiguous();
+      kernels.forward_sequence(ForwardSequence{p_r, p_x, w_tc, c0_c, r, c, o, opt}, step_loop);
+    } else {
+      step_loop();
     }
   }
   return {o, c, r};
@@ -158,9 +166,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
   for (int64_t t1 = T; t1 > 0; t1 -= steps) {
     const int64_t t0 = std::max<int64_t>(0, t1 - steps), n = t1 - t0;
     const Tensor dP_r = dP.narrow(2, 0, C), dG = dP.narrow(2, C, C);
-    for (int64_t t = t1 - 1; t >= t0; --t) {
-      kernels.backward(grad_o[t], grad_c[t], rec, r[t], c[t], dG[t - t0], dP_r[t - t0], opt);
-      rec = same_conv(dG[t - t0], w_tc_t);  // convT(dG_t, W_tc): feeds step t-1; at t = 0 it is grad_c0
+    const auto step_loop = [&, rec_in = rec]() {  // repeatable: starts from the chunk's incoming gradient
+      Tensor rec_t = rec_in;
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        kernels.backward(grad_o[t], grad_c[t], rec_t, r[t], c[t], dG[t - t0], dP_r[t - t0], opt);
+        rec_t = same_conv(dG[t - t0], w_tc_t);  // convT(dG_t, W_tc): feeds step t-1; at t = 0 it is grad_c0
+      }
+      return rec_t;
+    };
+    if (kernels.backward_sequence != nullptr && n == T) {
+      const Tensor w_tc_c = w_tc.contiguous();
+      rec = kernels.backward_sequence(BackwardSequence{grad_o, grad_c, r, c, w_tc_c, c0, dG, dP_r, opt}, step_loop);
+    } else {
+      rec = step_loop();
     }
     // Recurrent weight: pairs (c_{t-1}, dG_t), the c0 pair apart so no concatenated copy of the states.
     const Tensor dG_flat = dG.narrow(0, 0, n).reshape({n * B, C, H, W});

@@ -15,6 +15,20 @@ PyObject* PyInit__C(void) {
 
 namespace deeprnn {
 
+#ifdef DEEPRNN_WITH_CUDA
+int64_t persistent_launches();  // csrc/cuda/cbm_persistent_cuda.cpp
+#endif
+
+// How many times the persistent CUDA kernels ran in this process (0 without CUDA): lets tests tell them from
+// the per-step loop they fall back to.
+int64_t cuda_persistent_launches() {
+#ifdef DEEPRNN_WITH_CUDA
+  return persistent_launches();
+#else
+  return 0;
+#endif
+}
+
 bool cuda_compiled() {
 #ifdef DEEPRNN_WITH_CUDA
   return true;
@@ -32,6 +46,7 @@ TORCH_LIBRARY(deeprnn, m) {
       "Tensor r, Tensor c, Tensor? td_mask, int act_r, int act_t, int merge) -> (Tensor grad_x, "
       "Tensor grad_weight_r, Tensor grad_bias_r, Tensor grad_weight_t, Tensor grad_bias_t, Tensor grad_c0)");
   m.def("cuda_compiled() -> bool", &cuda_compiled);
+  m.def("cuda_persistent_launches() -> int", &cuda_persistent_launches);
 }
 
 }  // namespace deeprnn

@@ -6,11 +6,13 @@ extension or a missing Triton never breaks ``import deeprnn_cuda``.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable, Dict, List
 
 import torch
 
+from . import autotune
 from ._checks import BACKENDS, check_choice
 from .reference import cbm_layer_ref
 
@@ -58,23 +60,29 @@ def _triton_supports(x: torch.Tensor) -> bool:
     return triton_backend.is_available() and triton_backend.supports(x)
 
 
-def available_backends(x: torch.Tensor) -> List[str]:
-    """The backends that can run on ``x``'s device and dtype, the reference first.
-
-    Triton counts on CUDA only: on the CPU it runs under its interpreter, a testing aid far too slow to use.
-    """
-    names = ["reference"]
+def auto_candidates(x: torch.Tensor) -> List[autotune.Candidate]:
+    """The compiled backends that run ``x``, in static preference order: native, then Triton (CUDA only:
+    on the CPU it runs under its interpreter, a testing aid far too slow to use)."""
+    found = []
     if _native_supports(x):
-        names.append("native")
+        ops = torch.ops.deeprnn
+        found.append(autotune.Candidate("native", _native().cbm_layer_native, ops.cbm_forward, ops.cbm_backward))
     if x.is_cuda and _triton_supports(x):
-        names.append("triton")
-    return names
+        ops = torch.ops.deeprnn_triton
+        found.append(autotune.Candidate("triton", _triton().cbm_layer_triton, ops.cbm_forward, ops.cbm_backward))
+    return found
+
+
+def available_backends(x: torch.Tensor) -> List[str]:
+    """The backends that can run on ``x``'s device and dtype, the reference first."""
+    return ["reference"] + [c.name for c in auto_candidates(x)]
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> Callable:
     """Return the implementation for ``backend`` on ``x``'s device and dtype.
 
-    ``"auto"`` prefers the compiled native op, then Triton on CUDA, then the reference (warning once).
+    ``"auto"``: with several compiled candidates (CUDA), the one :mod:`deeprnn_cuda.autotune` measures
+    fastest for each call's shape; with one, that one; with none, the reference (warning once).
     An explicitly named backend that cannot run here raises ``RuntimeError`` saying why.
     """
     global _warned_fallback
@@ -96,10 +104,11 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Callable:
             hint = " (Triton runs CUDA tensors; on the CPU only under TRITON_INTERPRET=1)" if not x.is_cuda else ""
             raise RuntimeError(f"backend='triton' does not support {x.dtype} tensors on {x.device.type}{hint}")
         return triton_backend.cbm_layer_triton
-    if _native_supports(x):
-        return _native().cbm_layer_native
-    if x.is_cuda and _triton_supports(x):
-        return _triton().cbm_layer_triton
+    candidates = auto_candidates(x)
+    if len(candidates) > 1:
+        return functools.partial(autotune.cbm_layer_auto, candidates)
+    if candidates:
+        return candidates[0].layer
     if not _warned_fallback:
         _warned_fallback = True
         warnings.warn(

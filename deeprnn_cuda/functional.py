@@ -35,7 +35,9 @@ def cbm_layer(
             Where True, the gradient from T back into ``x_t`` is cut; the forward pass is unchanged.
         act_r: ``"relu"``, ``"tanh"`` or ``"identity"``. act_t: ``"sigmoid"`` or ``"relu"``.
         merge: ``"mul"`` (``o = r * c``) or ``"add"`` (``o = r + c``).
-        backend: ``"auto"``, ``"reference"``, ``"native"`` or ``"triton"``.
+        backend: ``"auto"``, ``"reference"``, ``"native"`` or ``"triton"``. ``"auto"`` takes the compiled
+            backend for the device and dtype; where several run (CUDA: native and Triton), the fastest for the
+            shape, measured on the first call with it (see :mod:`deeprnn_cuda.autotune`).
 
     Returns:
         ``(o, c)``: outputs and the state after every step, both ``(T, B, C, H, W)``; ``c[-1]`` is the

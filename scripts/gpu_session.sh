@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One GPU session on the device machine (repository root as cwd): build the extension in place, print the
-# backend info, run the CUDA and Triton tests, the CPU suite, a compute-sanitizer memcheck subset, a CUDA-graph
-# on/off micro-benchmark and the lead's `python -m benchmarks.gpu` if present. Every log goes under $OUT, in at
-# most 5 files: summary.txt, build.log, tests.log, sanitizer.log, bench.log. Total wall time stays under ~9 min:
-# each stage runs under `timeout`, and stages are skipped when the remaining budget is too small.
+# backend info, run the GPU tests (CUDA kernels, persistent kernels, Triton, autotune), compute-sanitizer
+# (memcheck on the step kernels; memcheck, racecheck and synccheck on the persistent kernels), a CUDA-graph
+# on/off micro-benchmark, `python -m benchmarks.gpu`, and the CPU suite if time is left. Every log goes under
+# $OUT: summary.txt, build.log, tests.log, sanitizer.log, bench.log, results_table.md. Total wall time stays
+# under ~9 min: each stage runs under `timeout`, and stages are skipped when the remaining budget is too small.
 set -u
 
 OUT="${OUT:-$PWD/gpu_out}"
@@ -73,13 +74,9 @@ stage build "$OUT/build.log" 300 60 "$PY" setup.py build_ext --inplace
 # 2. Backend info.
 stage info "$OUT/tests.log" 60 30 "$PY" -m deeprnn_cuda info
 
-# 3. GPU tests (CUDA kernels and Triton).
-PYTEST_GPU=("$PY" -m pytest -q -m cuda -rfE --durations=15 -p no:cacheprovider tests/test_cuda.py)
-[ -f tests/test_triton.py ] && PYTEST_GPU+=(tests/test_triton.py)
-stage "pytest -m cuda" "$OUT/tests.log" 240 60 "${PYTEST_GPU[@]}"
-
-# 4. The CPU suite (everything not marked cuda), quickly.
-stage "pytest cpu suite" "$OUT/tests.log" 120 40 "$PY" -m pytest -q -m "not cuda" -rfE -p no:cacheprovider tests
+# 3. GPU tests (CUDA kernels, the persistent kernels, Triton, auto's per-shape choice).
+stage "pytest -m cuda" "$OUT/tests.log" 240 60 "$PY" -m pytest -q -m cuda -rfE --durations=15 -p no:cacheprovider \
+  tests/test_cuda.py tests/test_cuda_persistent.py tests/test_triton.py tests/test_autotune.py
 
 # 5. compute-sanitizer memcheck on a small subset of the GPU tests (the fused kernels, scalar and vectorized,
 #    every dtype; TD; the internal CUDA graphs).
@@ -88,6 +85,12 @@ if [ -x "$SANITIZER" ]; then
   stage "compute-sanitizer memcheck" "$OUT/sanitizer.log" 150 60 "$SANITIZER" --tool memcheck --error-exitcode 9 \
     --print-limit 20 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py \
     -k "(test_matches_reference and relu-sigmoid-mul-tdsample) or (test_half_matches_reference and tanh-relu-add-tdnode) or test_internal_cuda_graphs or test_batch_one"
+  # The persistent kernels: out-of-bounds accesses, shared-memory races between the block's phases, barriers.
+  for tool in memcheck racecheck synccheck; do
+    stage "compute-sanitizer $tool persistent" "$OUT/sanitizer.log" 90 40 "$SANITIZER" --tool "$tool" \
+      --error-exitcode 9 --print-limit 20 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_persistent.py \
+      -k "(test_matches_reference and relu-sigmoid-mul-tdsample) or (test_half_matches_reference and bf16)"
+  done
 else
   echo "SKIP  compute-sanitizer (not found)" | tee -a "$SUMMARY"
 fi
@@ -129,10 +132,13 @@ stage "cuda graphs on/off bench" "$OUT/bench.log" 90 30 "$PY" "$BENCH_PY"
 
 # 7. The lead's benchmark runner, if present.
 if [ -f benchmarks/gpu.py ] || [ -f benchmarks/gpu/__main__.py ]; then
-  stage "benchmarks.gpu" "$OUT/bench.log" 240 30 "$PY" -m benchmarks.gpu
+  stage "benchmarks.gpu" "$OUT/bench.log" 240 30 "$PY" -m benchmarks.gpu --repeats 10 --out "$OUT/results_table.md"
 else
   echo "SKIP  benchmarks.gpu (not present)" | tee -a "$SUMMARY"
 fi
+
+# 8. The CPU suite (everything not marked cuda), if time is left: CI runs it anyway.
+stage "pytest cpu suite" "$OUT/tests.log" 120 40 "$PY" -m pytest -q -m "not cuda" -rfE -p no:cacheprovider tests
 
 echo "total $(($(date +%s) - START))s" | tee -a "$SUMMARY"
 # Failing test lines up front in the summary, for a quick read.

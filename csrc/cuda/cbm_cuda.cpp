@@ -2,7 +2,8 @@
 //
 // The math is the device-generic driver of csrc/cbm_recurrence.cpp (cuDNN via ATen for the time-batched input
 // convolution and the per-step C -> C recurrent convolution) with the fused step epilogues of cbm_kernels.cu,
-// all on the current stream with no host synchronisation in the loop.
+// all on the current stream with no host synchronisation in the loop; or, where enabled, the persistent kernels
+// that run all steps in one launch (csrc/cuda/cbm_persistent_cuda.cpp, DEEPRNN_CUDA_PERSISTENT).
 //
 // Optional CUDA graphs (DEEPRNN_CUDA_GRAPHS=1, off by default until verified on a GPU): the whole op (input
 // convolution, T-step loop, and in backward the batched weight gradients) is captured once per
@@ -32,6 +33,7 @@
 
 #include "../cbm.h"
 #include "cbm_kernels.h"
+#include "cbm_persistent_cuda.h"
 
 namespace deeprnn {
 namespace {
@@ -131,7 +133,8 @@ void backward_epilogue_cuda(const Tensor& grad_o_in, const Tensor& grad_c_in, co
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-constexpr StepKernels kCudaKernels{forward_epilogue_cuda, backward_epilogue_cuda};
+constexpr StepKernels kCudaKernels{forward_epilogue_cuda, backward_epilogue_cuda, /*conv_chunk_elements=*/0,
+                                   forward_sequence_cuda, backward_sequence_cuda};
 
 // ---------------------------------------------------------------------------------------------------------------
 // CUDA graphs.

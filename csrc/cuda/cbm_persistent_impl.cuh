@@ -1,0 +1,188 @@
+// Device side of the persistent kernels: the thread-block executor for persistent_tile.h, the tensor-core (WMMA)
+// tile products, the kernels and their launch planning. Included by cbm_persistent_fwd.cu and
+// cbm_persistent_bwd.cu (one direction each, so they compile in parallel).
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <algorithm>
+
+#include "cbm_persistent.h"
+
+namespace deeprnn {
+namespace persistent {
+namespace device {
+
+namespace cg = cooperative_groups;
+namespace wmma = nvcuda::wmma;
+using cuda_kernels::DType;
+
+struct F16 {
+  using storage = unsigned short;
+  using acc = float;
+  static __device__ __forceinline__ acc load(storage v) { return __half2float(__ushort_as_half(v)); }
+  static __device__ __forceinline__ storage store(acc v) { return __half_as_ushort(__float2half_rn(v)); }
+};
+
+// The plain tile product: each thread accumulates kPerThread outputs with FMAs (persistent_tile.h fma_chunk).
+template <typename A>
+struct Fma {
+  static constexpr bool kTensorCores = false;
+  struct Regs {
+    A acc[kPerThread];
+  };
+};
+
+// bf16 / fp16 tensor cores: 16 x 16 x 16 steps, float accumulators. Needs chunk widths that are multiples of 16.
+template <typename T>
+struct WmmaHalf {
+  static constexpr bool kTensorCores = true;
+  struct Regs {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+  };
+  static __device__ __forceinline__ void zero(Regs& r) { wmma::fill_fragment(r.c, 0.0f); }
+  static __device__ __forceinline__ void chunk(Regs& r, const unsigned short* a, const unsigned short* w,
+                                               const Layout& L, int k_row0, int width, int tid) {
+    const T* at = reinterpret_cast<const T*>(a) + warp_row(tid) * L.lda;
+    const T* wt = reinterpret_cast<const T*>(w) + warp_col(tid);
+    for (int kk = 0; kk < width; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> fb;
+      wmma::load_matrix_sync(fa, at + kk, L.lda);
+      wmma::load_matrix_sync(fb, wt + (k_row0 + kk) * L.ldw, L.ldw);
+      wmma::mma_sync(r.c, fa, fb, r.c);
+    }
+  }
+  static __device__ __forceinline__ void store(Regs& r, float* cs, const Layout& L, int tid) {
+    wmma::store_matrix_sync(cs + warp_row(tid) * L.ldc + warp_col(tid), r.c, L.ldc, wmma::mem_row_major);
+  }
+};
+
+// float32 on TF32 tensor cores (only when the caller allows TF32): 16 x 16 x 8 steps.
+struct WmmaTf32 {
+  static constexpr bool kTensorCores = true;
+  struct Regs {
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> c;
+  };
+  static __device__ __forceinline__ void zero(Regs& r) { wmma::fill_fragment(r.c, 0.0f); }
+  static __device__ __forceinline__ void chunk(Regs& r, const float* a, const float* w, const Layout& L, int k_row0,
+                                               int width, int tid) {
+    const float* at = a + warp_row(tid) * L.lda;
+    const float* wt = w + warp_col(tid);
+    for (int kk = 0; kk < width; kk += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+      wmma::load_matrix_sync(fa, at + kk, L.lda);
+      wmma::load_matrix_sync(fb, wt + (k_row0 + kk) * L.ldw, L.ldw);
+      for (int i = 0; i < fa.num_elements; ++i) fa.x[i] = wmma::__float_to_tf32(fa.x[i]);
+      for (int i = 0; i < fb.num_elements; ++i) fb.x[i] = wmma::__float_to_tf32(fb.x[i]);
+      wmma::mma_sync(r.c, fa, fb, r.c);
+    }
+  }
+  static __device__ __forceinline__ void store(Regs& r, float* cs, const Layout& L, int tid) {
+    wmma::store_matrix_sync(cs + warp_row(tid) * L.ldc + warp_col(tid), r.c, L.ldc, wmma::mem_row_major);
+  }
+};
+
+// The executor of persistent_tile.h on a thread block: each thread runs its own index, then the block syncs.
+template <typename Tr, typename M>
+struct BlockExec {
+  using Mma = M;
+  using Regs = typename M::Regs;
+  Regs regs;
+  template <typename F>
+  __device__ __forceinline__ void each(F&& f) {
+    f(int(threadIdx.x), regs);
+    __syncthreads();
+  }
+};
+
+template <typename Tr, typename M>
+__global__ void __launch_bounds__(kThreads) forward_kernel(const ForwardArgs args, const Problem p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr bool kMma = M::kTensorCores;
+  const Layout L = layout(p, int(sizeof(typename Tr::storage)), kMma);
+  const BlockWork bw = block_work(p, int(blockIdx.x), int(gridDim.x));
+  BlockExec<Tr, M> ex;
+  block_setup<Tr, kMma>(ex, smem, L, args.wp, p, bw);
+  cg::grid_group grid = cg::this_grid();
+  for (int t = 0; t < p.T; ++t) {
+    forward_block_step<Tr, kMma>(ex, smem, L, args, p, bw, t);
+    if (t + 1 < p.T) {
+      __threadfence();
+      grid.sync();  // c_t complete everywhere before any block reads its shifted neighbours
+    }
+  }
+}
+
+template <typename Tr, typename M>
+__global__ void __launch_bounds__(kThreads) backward_kernel(const BackwardArgs args, const Problem p) {
+  extern __shared__ __align__(128) unsigned char smem[];
+  constexpr bool kMma = M::kTensorCores;
+  const Layout L = layout(p, int(sizeof(typename Tr::storage)), kMma);
+  const BlockWork bw = block_work(p, int(blockIdx.x), int(gridDim.x));
+  BlockExec<Tr, M> ex;
+  block_setup<Tr, kMma>(ex, smem, L, args.wp, p, bw);
+  cg::grid_group grid = cg::this_grid();
+  for (int t = p.T - 1; t >= -1; --t) {  // t = -1: dc_0 = convT(dG_0)
+    backward_block_step<Tr, kMma>(ex, smem, L, args, p, bw, t);
+    if (t >= 0) {
+      __threadfence();
+      grid.sync();  // dG_t complete everywhere before step t - 1 convolves it
+    }
+  }
+}
+
+// Calls fn(Tr{}, M{}) with the number format of dtype and the tile product: tensor cores for bf16 / fp16, and for
+// float32 when TF32 is allowed, whenever C is a multiple of 16 (whole 16-channel WMMA steps); FMA otherwise.
+template <typename F>
+void dispatch(DType dtype, bool allow_tf32, const Problem& p, F&& fn) {
+  const bool mma_shape = p.C % 16 == 0;
+  switch (dtype) {
+    case DType::kDouble: fn(F64{}, Fma<double>{}); break;
+    case DType::kHalf: mma_shape ? fn(F16{}, WmmaHalf<__half>{}) : fn(F16{}, Fma<float>{}); break;
+    case DType::kBFloat16: mma_shape ? fn(BF16{}, WmmaHalf<__nv_bfloat16>{}) : fn(BF16{}, Fma<float>{}); break;
+    default: (mma_shape && allow_tf32) ? fn(F32{}, WmmaTf32{}) : fn(F32{}, Fma<float>{}); break;
+  }
+}
+
+// Grid and shared memory for kernel on the current device (see plan_forward in cbm_persistent.h).
+inline bool plan_kernel(const void* kernel, const Problem& p, int elem_bytes, bool mma, Plan* plan) {
+  if (p.T <= 0 || p.rows() <= 0 || p.C <= 0) return false;
+  int dev = 0, coop = 0, max_smem = 0, sms = 0, per_sm = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const Layout L = layout(p, elem_bytes, mma);
+  if (!coop || L.bytes > max_smem) return false;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.bytes)) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, size_t(L.bytes)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  const int slices = p.channel_slices();
+  const int per_slice = std::min(p.row_tiles(), per_sm * sms / slices);
+  if (per_slice < 1) return false;
+  plan->grid = slices * per_slice;
+  plan->smem = L.bytes;
+  plan->mma = mma;
+  return true;
+}
+
+template <typename Args>
+cudaError_t launch_kernel(const void* kernel, const Plan& plan, const Problem& p, const Args& args,
+                          cudaStream_t stream) {
+  void* params[] = {const_cast<Args*>(&args), const_cast<Problem*>(&p)};
+  return cudaLaunchCooperativeKernel(kernel, dim3(plan.grid), dim3(kThreads), params, size_t(plan.smem), stream);
+}
+
+}  // namespace device
+}  // namespace persistent
+}  // namespace deeprnn

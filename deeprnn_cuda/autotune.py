@@ -1,0 +1,222 @@
+"""``backend="auto"`` on CUDA: pick between the compiled backends per shape, by measuring them.
+
+Like ``torch.backends.cudnn.benchmark``: the first call with a new :class:`Key` (device, dtype, sizes,
+options, whether gradients are needed, float32 precision flags) times every candidate on that call's own
+inputs and caches the fastest; every later call with the key goes straight to it. Only calls with more than
+one candidate come here (CUDA tensors that both the native and the Triton backend support).
+
+What is timed: each candidate's forward op, plus its backward op (output gradients all ones) when the call
+needs gradients, called directly on detached inputs under ``torch.no_grad`` with the RNG state saved and
+restored: one warm-up run, then the median of :data:`REPS` runs timed with CUDA events (:func:`time_ms`,
+replaceable, e.g. by tests). A candidate that raises is dropped with a warning.
+
+No measurement under ``torch.compile`` tracing, CUDA graph capture, a tensor subclass or dispatch mode
+(FakeTensor, meta, proxy tracing) or with autotuning disabled: then the cached choice if there is one, else
+the static preference (the first candidate, native). Disabled means the static preference always.
+``DEEPRNN_AUTOTUNE=0`` in the environment disables it at import.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import warnings
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from ._checks import ACT_R_CODES, ACT_T_CODES, MERGE_CODES
+
+#: timed runs per candidate (after one warm-up); the median counts
+REPS = 5
+
+
+class Candidate(NamedTuple):
+    """A compiled backend as autotuning sees it."""
+
+    name: str
+    #: the layer, with the signature of :func:`deeprnn_cuda.reference.cbm_layer_ref`
+    layer: Callable
+    #: its forward op ``(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge) -> (o, c, r)``
+    forward: Callable
+    #: its backward op ``(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge)``
+    backward: Callable
+
+
+class Key(NamedTuple):
+    """What a cached choice depends on."""
+
+    device: int
+    dtype: torch.dtype
+    shape: Tuple[int, int, int, int, int, int]  # (T, B, C_in, C, H, W)
+    k_r: int
+    k_t: int
+    act_r: str
+    act_t: str
+    merge: str
+    bias: Tuple[bool, bool]  # (bias_r given, bias_t given)
+    td_mask_dim: int  # 0: no td_mask, 1: (T,), 2: (T, B)
+    grad: bool  # whether the call needs gradients
+    tf32: Optional[Tuple[bool, bool]]  # (cudnn.allow_tf32, cuda.matmul.allow_tf32) for float32, else None
+
+
+class Entry(NamedTuple):
+    """A cached choice: the winner and the measured milliseconds of each candidate that ran."""
+
+    backend: str
+    times_ms: Dict[str, float]
+
+
+_OFF_VALUES = ("0", "false", "off", "no")
+_enabled = os.environ.get("DEEPRNN_AUTOTUNE", "1").strip().lower() not in _OFF_VALUES
+_cache: Dict[Key, Entry] = {}
+
+
+def enabled() -> bool:
+    """Whether ``backend="auto"`` measures the candidates (default True; ``DEEPRNN_AUTOTUNE=0`` turns it off)."""
+    return _enabled
+
+
+def set_enabled(value: bool) -> None:
+    """Turn per-shape measurement on or off; off, ``auto`` takes the static preference (native first)."""
+    global _enabled
+    if not isinstance(value, bool):
+        raise ValueError(f"set_enabled expects True or False, got {value!r}")
+    _enabled = value
+
+
+def cache() -> Dict[Key, Entry]:
+    """A copy of the cached choices: ``{Key: Entry(backend, times_ms)}``."""
+    return {key: Entry(e.backend, dict(e.times_ms)) for key, e in _cache.items()}
+
+
+def clear_cache() -> None:
+    """Forget every choice; the next call with each key measures again."""
+    _cache.clear()
+
+
+def time_ms(fn: Callable[[], object]) -> float:
+    """Median milliseconds of ``fn()`` over :data:`REPS` runs after one warm-up, timed with CUDA events on the
+    current stream."""
+    fn()
+    times: List[float] = []
+    for _ in range(REPS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def make_key(x, weight_r, bias_r, weight_t, bias_t, td_mask, act_r, act_t, merge, grad: bool) -> Key:
+    """The cache key of one call (arguments already validated)."""
+    T, B, C_in, H, W = x.shape
+    tf32 = None
+    if x.dtype == torch.float32:
+        tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    return Key(
+        device=x.device.index if x.device.index is not None else -1,
+        dtype=x.dtype,
+        shape=(T, B, C_in, weight_r.shape[0], H, W),
+        k_r=weight_r.shape[-1],
+        k_t=weight_t.shape[-1],
+        act_r=act_r,
+        act_t=act_t,
+        merge=merge,
+        bias=(bias_r is not None, bias_t is not None),
+        td_mask_dim=0 if td_mask is None else td_mask.dim(),
+        grad=grad,
+        tf32=tf32,
+    )
+
+
+def _can_measure(x: torch.Tensor) -> bool:
+    """Real, eager tensors only: not while compiling, capturing a CUDA graph, or under a tensor subclass or
+    dispatch mode (FakeTensor, meta, proxy tracing)."""
+    return (
+        not torch.compiler.is_compiling()
+        and type(x) is torch.Tensor
+        and x.device.type != "meta"
+        and _get_current_dispatch_mode() is None
+        and not (x.is_cuda and torch.cuda.is_current_stream_capturing())
+    )
+
+
+def _measure(candidates: Sequence[Candidate], args: Tuple, codes: Tuple[int, int, int], grad: bool) -> Dict[str, float]:
+    """Milliseconds per candidate on detached ``args`` (forward, plus backward when ``grad``); a candidate
+    that raises is left out, with a warning."""
+    x, weight_r, bias_r, weight_t, bias_t, c0, td_mask = (None if t is None else t.detach() for t in args)
+    times: Dict[str, float] = {}
+    device = x.device if x.is_cuda else None
+    with torch.no_grad(), torch.random.fork_rng(devices=[device.index] if device else []), \
+            (torch.cuda.device(device) if device else contextlib.nullcontext()):
+        ones = x.new_ones(x.shape[:2] + (weight_r.shape[0],) + x.shape[3:]) if grad else None
+        for cand in candidates:
+            def step(cand: Candidate = cand) -> None:
+                o, c, r = cand.forward(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, *codes)
+                if grad:
+                    cand.backward(ones, ones, x, weight_r, weight_t, c0, r, c, td_mask, *codes)
+
+            try:
+                times[cand.name] = float(time_ms(step))
+            except Exception as e:  # a candidate that fails here must not make auto fail
+                warnings.warn(f"deeprnn_cuda autotune: backend {cand.name!r} failed on this shape and is skipped "
+                              f"({type(e).__name__}: {e})", stacklevel=2)
+    return times
+
+
+def choose(
+    candidates: Sequence[Candidate],
+    x: torch.Tensor,
+    weight_r: torch.Tensor,
+    bias_r: Optional[torch.Tensor],
+    weight_t: torch.Tensor,
+    bias_t: Optional[torch.Tensor],
+    c0: torch.Tensor,
+    td_mask: Optional[torch.Tensor],
+    act_r: str,
+    act_t: str,
+    merge: str,
+) -> Candidate:
+    """The candidate for this call: cached, else measured when allowed (and cached), else the first one."""
+    if len(candidates) < 2 or not _enabled:
+        return candidates[0]
+    tensors = (x, weight_r, bias_r, weight_t, bias_t, c0)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    key = make_key(x, weight_r, bias_r, weight_t, bias_t, td_mask, act_r, act_t, merge, grad)
+    entry = _cache.get(key)
+    by_name = {c.name: c for c in candidates}
+    if entry is not None and entry.backend in by_name:
+        return by_name[entry.backend]
+    if not _can_measure(x):
+        return candidates[0]
+    codes = (ACT_R_CODES[act_r], ACT_T_CODES[act_t], MERGE_CODES[merge])
+    times = _measure(candidates, (*tensors, td_mask), codes, grad)
+    if not times:  # every candidate failed: the call itself will raise the first one's error
+        return candidates[0]
+    best = min(times, key=times.__getitem__)
+    _cache[key] = Entry(best, times)
+    return by_name[best]
+
+
+def cbm_layer_auto(
+    candidates: Sequence[Candidate],
+    x: torch.Tensor,
+    weight_r: torch.Tensor,
+    bias_r: Optional[torch.Tensor],
+    weight_t: torch.Tensor,
+    bias_t: Optional[torch.Tensor],
+    c0: torch.Tensor,
+    *,
+    td_mask: Optional[torch.Tensor] = None,
+    act_r: str = "relu",
+    act_t: str = "sigmoid",
+    merge: str = "mul",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The CBM layer on the candidate :func:`choose` picks, through its normal (autograd) path."""
+    cand = choose(candidates, x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge)
+    return cand.layer(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask=td_mask, act_r=act_r, act_t=act_t,
+                      merge=merge)
