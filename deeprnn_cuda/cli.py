@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -120,7 +121,7 @@ def cmd_info(_: argparse.Namespace) -> int:
     """Print the package, torch and CUDA versions and each backend's status."""
     import torch
 
-    from . import __version__
+    from . import __version__, autotune
     from .backends import backend_status
 
     print(f"deeprnn_cuda {__version__}")
@@ -132,6 +133,9 @@ def cmd_info(_: argparse.Namespace) -> int:
         print(f"CUDA not available ({built})")
     for backend, status in backend_status().items():
         print(f"backend {backend}: {status}")
+    paths = ", ".join(f"{var}={os.environ.get(var) or '0'}" for var in ("DEEPRNN_CUDA_PERSISTENT", "DEEPRNN_CUDA_GRAPHS"))
+    print(f"auto on CUDA: {'measures native vs triton per shape' if autotune.enabled() else 'native first'} "
+          f"(DEEPRNN_AUTOTUNE); native CUDA op: {paths}")
     return 0
 
 

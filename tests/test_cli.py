@@ -31,6 +31,7 @@ def test_info_runs_as_a_module():
     assert done.returncode == 0, done.stderr
     assert "deeprnn_cuda 0.1.0" in done.stdout and f"torch {torch.__version__}" in done.stdout
     assert "backend reference: available" in done.stdout and "backend native:" in done.stdout
+    assert "auto on CUDA: " in done.stdout and "DEEPRNN_CUDA_PERSISTENT=" in done.stdout
 
 
 def test_train_writes_records_and_prints_json_last(tmp_path, capsys):
