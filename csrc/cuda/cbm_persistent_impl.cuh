@@ -27,14 +27,6 @@ struct F16 {
   static __device__ __forceinline__ storage store(acc v) { return __half_as_ushort(__float2half_rn(v)); }
 };
 
-// The plain tile product: each thread accumulates kPerThread outputs with FMAs (persistent_tile.h fma_chunk).
-template <typename A>
-struct Fma {
-  static constexpr bool kTensorCores = false;
-  struct Regs {
-    A acc[kPerThread];
-  };
-};
 
 // bf16 / fp16 tensor cores: 16 x 16 x 16 steps, float accumulators. Needs chunk widths that are multiples of 16.
 template <typename T>

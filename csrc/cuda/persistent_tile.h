@@ -75,6 +75,16 @@ struct BF16 {
   }
 };
 
+// The plain tile product (fma_chunk below): each thread accumulates kPerThread outputs in registers. A tile
+// product type says whether it uses tensor cores and what one thread keeps between phases (Regs).
+template <typename A>
+struct Fma {
+  static constexpr bool kTensorCores = false;
+  struct Regs {
+    A acc[kPerThread];
+  };
+};
+
 // ------------------------------------------------------------------------------------------------------------
 // Problem, layouts, work split.
 
@@ -190,24 +200,23 @@ DEEPRNN_HD void load_weight_slice(S* w, const Layout& L, const S* wp, const Prob
 }
 
 // a[m * lda + kc] = the state value that tap (kh, kw) of row m0 + m reads in input channel c_begin + kc; zero
-// outside the image (the "same" padding), past C and past the last row. Consecutive threads take consecutive
-// rows (pixels of one channel: coalesced global reads). src image b starts at b * s_img.
+// outside the image (the "same" padding), past C and past the last row. A thread always fills the same row
+// (its pixel is decoded once per call, not per element); consecutive threads take consecutive rows, i.e.
+// pixels of one channel: coalesced global reads. src image b starts at b * s_img.
 template <typename S>
 DEEPRNN_HD void load_a_chunk(S* a, const Layout& L, const S* src, int64_t s_img, const Problem& p, int sign,
                              int m0, int kh, int kw, int c_begin, int tid) {
-  const int HW = p.hw(), rows = p.rows(), half = p.KS / 2;
-  for (int e = tid; e < kBM * kKC; e += kThreads) {
-    const int kc = e / kBM, m = e - kc * kBM;
-    const int row = m0 + m, ci = c_begin + kc;
-    S v = S(0);
-    if (row < rows && ci < p.C) {
-      const int b = row / HW, pix = row - b * HW;
-      const int ih = pix / p.W + sign * (kh - half), iw = pix % p.W + sign * (kw - half);
-      if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) {
-        v = load_state(src + b * s_img + int64_t(ci) * HW + ih * p.W + iw);
-      }
-    }
-    a[m * L.lda + kc] = v;
+  static_assert(kThreads % kBM == 0, "a thread's rows must not change between its elements");
+  const int HW = p.hw(), half = p.KS / 2, m = tid % kBM, row = m0 + m;
+  const S* pixel = nullptr;  // the tapped pixel in channel 0 of the row's image; null when it reads padding
+  if (row < p.rows()) {
+    const int b = row / HW, pix = row - b * HW, oh = pix / p.W, ow = pix - oh * p.W;
+    const int ih = oh + sign * (kh - half), iw = ow + sign * (kw - half);
+    if (ih >= 0 && ih < p.H && iw >= 0 && iw < p.W) pixel = src + b * s_img + ih * p.W + iw;
+  }
+  for (int kc = tid / kBM; kc < kKC; kc += kThreads / kBM) {
+    const int ci = c_begin + kc;
+    a[m * L.lda + kc] = pixel != nullptr && ci < p.C ? load_state(pixel + int64_t(ci) * HW) : S(0);
   }
 }
 
@@ -304,18 +313,23 @@ DEEPRNN_HD void initial_state_epilogue(typename Tr::acc acc, const BackwardArgs&
 // synchronises them; Ex::Regs is one thread's accumulator state; Ex::Mma (MMA path) provides zero(regs),
 // chunk(regs, a, w, L, k_row0, width, tid) and store(regs, cs, L, tid), collective per warp.
 
-// Convolution of the tile at rows m0.. into the threads' accumulators: every tap, every chunk of input channels.
-template <typename Tr, bool MMA, typename Ex>
-DEEPRNN_HD void conv_tile(Ex& ex, typename Tr::storage* a, const typename Tr::storage* w, const Layout& L,
-                          const typename Tr::storage* src, int64_t s_img, const Problem& p, int sign, int m0) {
-  using Regs = typename Ex::Regs;
-  ex.each([&](int, Regs& regs) {
+template <bool MMA, typename Ex>
+DEEPRNN_HD void zero_accumulators(Ex& ex) {
+  ex.each([&](int, typename Ex::Regs& regs) {
     if constexpr (MMA) {
       Ex::Mma::zero(regs);
     } else {
       for (int i = 0; i < kPerThread; ++i) regs.acc[i] = 0;
     }
   });
+}
+
+// Convolution of the tile at rows m0.. into the threads' accumulators: every tap, every chunk of input channels.
+template <typename Tr, bool MMA, typename Ex>
+DEEPRNN_HD void conv_tile(Ex& ex, typename Tr::storage* a, const typename Tr::storage* w, const Layout& L,
+                          const typename Tr::storage* src, int64_t s_img, const Problem& p, int sign, int m0) {
+  using Regs = typename Ex::Regs;
+  zero_accumulators<MMA>(ex);
   for (int kh = 0; kh < p.KS; ++kh) {
     for (int kw = 0; kw < p.KS; ++kw) {
       const int tap = kh * p.KS + kw;
@@ -386,7 +400,6 @@ template <typename Tr, bool MMA, typename Ex>
 DEEPRNN_HD void backward_block_step(Ex& ex, unsigned char* smem, const Layout& L, const BackwardArgs& args,
                                     const Problem& p, const BlockWork& bw, int t) {
   using S = typename Tr::storage;
-  using Regs = typename Ex::Regs;
   S* w = reinterpret_cast<S*>(smem + L.w_off);
   S* a = reinterpret_cast<S*>(smem + L.a_off);
   float* cs = reinterpret_cast<float*>(smem + L.c_off);
@@ -396,13 +409,7 @@ DEEPRNN_HD void backward_block_step(Ex& ex, unsigned char* smem, const Layout& L
     if (t + 1 < p.T) {
       conv_tile<Tr, MMA>(ex, a, w, L, src, args.s_dp, p, -1, m0);
     } else {
-      ex.each([&](int, Regs& regs) {  // no gradient from beyond the last step
-        if constexpr (MMA) {
-          Ex::Mma::zero(regs);
-        } else {
-          for (int i = 0; i < kPerThread; ++i) regs.acc[i] = 0;
-        }
-      });
+      zero_accumulators<MMA>(ex);  // no gradient from beyond the last step
     }
     tile_epilogue<Tr, MMA>(ex, cs, L, m0, bw.n0, [&](typename Tr::acc acc, int row, int ci) {
       if (t >= 0) {

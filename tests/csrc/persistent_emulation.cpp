@@ -22,13 +22,6 @@ void fail(int code) {
   if (g_error == kOk) g_error = code;
 }
 
-template <typename A>
-struct Fma {
-  static constexpr bool kTensorCores = false;
-  struct Regs {
-    A acc[kPerThread];
-  };
-};
 
 bool aligned32(const void* p) { return reinterpret_cast<uintptr_t>(p) % 32 == 0; }
 
