@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One GPU session on the device machine (repository root as cwd): build the extension in place, print the
-# backend info, run the GPU tests (CUDA kernels, persistent kernels, Triton, autotune), compute-sanitizer
-# (memcheck on the step kernels; memcheck, racecheck and synccheck on the persistent kernels), a CUDA-graph
-# on/off micro-benchmark, `python -m benchmarks.gpu`, and the CPU suite if time is left. Every log goes under
-# $OUT: summary.txt, build.log, tests.log, sanitizer.log, bench.log, results_table.md. Total wall time stays
-# under ~9 min: each stage runs under `timeout`, and stages are skipped when the remaining budget is too small.
+# One GPU session on the device machine (repository root as cwd), most important first: build the extension in
+# place, print the backend info, run the quick GPU tests (CUDA kernels, persistent kernels, Triton, autotune),
+# the benchmark tables (benchmarks.gpu: backends side by side; benchmarks.native_paths: the native op's paths),
+# compute-sanitizer (memcheck on the step kernels; memcheck, racecheck and synccheck on the persistent
+# kernels), the slow GPU tests and the CPU suite. Logs under $OUT: summary.txt, build.log, tests.log,
+# sanitizer.log, bench.log, results_table.md, native_paths.md. Total wall time stays under ~9 min
+# (GPU_SESSION_BUDGET_S): each stage runs under `timeout`, and is skipped when too little time is left.
 set -u
 
 OUT="${OUT:-$PWD/gpu_out}"
@@ -74,20 +75,25 @@ stage build "$OUT/build.log" 300 60 "$PY" setup.py build_ext --inplace
 # 2. Backend info.
 stage info "$OUT/tests.log" 60 30 "$PY" -m deeprnn_cuda info
 
-# 3. GPU tests (CUDA kernels, the persistent kernels, Triton, auto's per-shape choice).
-stage "pytest -m cuda" "$OUT/tests.log" 240 60 "$PY" -m pytest -q -m cuda -rfE --durations=15 -p no:cacheprovider \
-  tests/test_cuda.py tests/test_cuda_persistent.py tests/test_triton.py tests/test_autotune.py
+# 3. GPU tests, the quick ones (CUDA kernels, the persistent kernels, Triton, auto's per-shape choice).
+GPU_TESTS=(tests/test_cuda.py tests/test_cuda_persistent.py tests/test_triton.py tests/test_autotune.py)
+stage "pytest -m cuda (quick)" "$OUT/tests.log" 200 60 "$PY" -m pytest -q -m "cuda and not slow" -rfE \
+  --durations=15 -p no:cacheprovider "${GPU_TESTS[@]}"
 
-# 5. compute-sanitizer memcheck on a small subset of the GPU tests (the fused kernels, scalar and vectorized,
-#    every dtype; TD; the internal CUDA graphs).
+# 4. The benchmark tables: backends side by side (issue 3's table), then the native op's paths.
+stage "benchmarks.gpu" "$OUT/bench.log" 200 40 "$PY" -m benchmarks.gpu --repeats 10 --out "$OUT/results_table.md"
+stage "benchmarks.native_paths" "$OUT/bench.log" 90 30 "$PY" -m benchmarks.native_paths --repeats 10 \
+  --out "$OUT/native_paths.md"
+
+# 5. compute-sanitizer: memcheck on the step kernels (scalar and vectorized, every dtype, TD, internal graphs);
+#    memcheck, racecheck (shared memory between a block's phases) and synccheck on the persistent kernels.
 SANITIZER="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
 if [ -x "$SANITIZER" ]; then
-  stage "compute-sanitizer memcheck" "$OUT/sanitizer.log" 150 60 "$SANITIZER" --tool memcheck --error-exitcode 9 \
+  stage "compute-sanitizer memcheck" "$OUT/sanitizer.log" 120 40 "$SANITIZER" --tool memcheck --error-exitcode 9 \
     --print-limit 20 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py \
     -k "(test_matches_reference and relu-sigmoid-mul-tdsample) or (test_half_matches_reference and tanh-relu-add-tdnode) or test_internal_cuda_graphs or test_batch_one"
-  # The persistent kernels: out-of-bounds accesses, shared-memory races between the block's phases, barriers.
   for tool in memcheck racecheck synccheck; do
-    stage "compute-sanitizer $tool persistent" "$OUT/sanitizer.log" 90 40 "$SANITIZER" --tool "$tool" \
+    stage "compute-sanitizer $tool persistent" "$OUT/sanitizer.log" 90 30 "$SANITIZER" --tool "$tool" \
       --error-exitcode 9 --print-limit 20 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_persistent.py \
       -k "(test_matches_reference and relu-sigmoid-mul-tdsample) or (test_half_matches_reference and bf16)"
   done
@@ -95,49 +101,9 @@ else
   echo "SKIP  compute-sanitizer (not found)" | tee -a "$SUMMARY"
 fi
 
-# 6. CUDA graphs on/off at the launch-bound canonical shapes (forward + backward, ms per call).
-BENCH_PY="${TMPDIR:-/tmp}/deeprnn_graph_bench.py"
-cat >"$BENCH_PY" <<'EOF'
-import os, torch
-from deeprnn_cuda import cbm_layer
-torch.backends.cudnn.benchmark = True
-def bench(C, HW, dtype, graphs, iters=20):
-    os.environ["DEEPRNN_CUDA_GRAPHS"] = "1" if graphs else "0"
-    T = B = 16
-    x = torch.randn(T, B, C, HW, HW, device="cuda", dtype=dtype, requires_grad=True)
-    wr = (torch.randn(C, C, 3, 3, device="cuda", dtype=dtype) * (9 * C) ** -0.5).requires_grad_()
-    wt = (torch.randn(C, 2 * C, 3, 3, device="cuda", dtype=dtype) * (18 * C) ** -0.5).requires_grad_()
-    br = torch.zeros(C, device="cuda", dtype=dtype, requires_grad=True)
-    bt = torch.zeros(C, device="cuda", dtype=dtype, requires_grad=True)
-    def step():
-        o, c = cbm_layer(x, wr, br, wt, bt, backend="native")
-        (o.float().sum() + c.float().sum()).backward()
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(iters):
-        step()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / iters
-print(torch.cuda.get_device_name(), "T=B=16, 3x3, forward+backward ms/call")
-for C, HW in [(512, 7), (256, 14), (128, 28), (64, 56)]:
-    for dtype in (torch.float32, torch.bfloat16):
-        off, on = bench(C, HW, dtype, False), bench(C, HW, dtype, True)
-        print(f"C={C:4d} {HW:2d}x{HW:<2d} {str(dtype):15s} plain {off:8.3f}  graphs {on:8.3f}  speedup {off / on:5.2f}x")
-EOF
-stage "cuda graphs on/off bench" "$OUT/bench.log" 90 30 "$PY" "$BENCH_PY"
-
-# 7. The lead's benchmark runner, if present.
-if [ -f benchmarks/gpu.py ] || [ -f benchmarks/gpu/__main__.py ]; then
-  stage "benchmarks.gpu" "$OUT/bench.log" 240 30 "$PY" -m benchmarks.gpu --repeats 10 --out "$OUT/results_table.md"
-else
-  echo "SKIP  benchmarks.gpu (not present)" | tee -a "$SUMMARY"
-fi
-
-# 8. The CPU suite (everything not marked cuda), if time is left: CI runs it anyway.
+# 6. The slow GPU tests (canonical shapes), then the CPU suite (CI runs it anyway), as time allows.
+stage "pytest -m cuda (slow)" "$OUT/tests.log" 200 60 "$PY" -m pytest -q -m "cuda and slow" -rfE --durations=15 \
+  -p no:cacheprovider "${GPU_TESTS[@]}"
 stage "pytest cpu suite" "$OUT/tests.log" 120 40 "$PY" -m pytest -q -m "not cuda" -rfE -p no:cacheprovider tests
 
 echo "total $(($(date +%s) - START))s" | tee -a "$SUMMARY"
