@@ -18,12 +18,18 @@ BUDGET="${GPU_SESSION_BUDGET_S:-530}"
 
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export MAX_JOBS="${MAX_JOBS:-16}"
+# The toolkit root: $CUDA_HOME if set, else the first candidate with the runtime headers (nvcc on PATH may be a
+# wrapper script in /usr/local/bin, so its parent directory is not necessarily the toolkit).
 if [ -z "${CUDA_HOME:-}" ]; then
-  if command -v nvcc >/dev/null 2>&1; then
-    CUDA_HOME="$(dirname "$(dirname "$(command -v nvcc)")")"
-  else
-    CUDA_HOME=/usr/local/cuda
-  fi
+  NVCC_DIR=""
+  command -v nvcc >/dev/null 2>&1 && NVCC_DIR="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
+  for candidate in /usr/local/cuda "$NVCC_DIR" /usr/local/cuda-*; do
+    if [ -n "$candidate" ] && [ -x "$candidate/bin/nvcc" ] && [ -f "$candidate/include/cuda_runtime.h" ]; then
+      CUDA_HOME="$candidate"
+      break
+    fi
+  done
+  CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 fi
 export CUDA_HOME
 export PATH="$CUDA_HOME/bin:$PATH"
