@@ -6,27 +6,12 @@ namespace deeprnn {
 namespace persistent {
 
 bool plan_forward(cuda_kernels::DType dtype, bool allow_tf32, const Problem& p, Plan* plan) {
-  bool ok = false;
-  device::dispatch(dtype, allow_tf32, p, [&](auto tr, auto mma) {
-    using Tr = decltype(tr);
-    using M = decltype(mma);
-    ok = device::plan_kernel(reinterpret_cast<const void*>(&device::forward_kernel<Tr, M>), p,
-                             int(sizeof(typename Tr::storage)), M::kTensorCores, plan);
-  });
-  return ok;
+  return device::plan<ForwardArgs>(dtype, allow_tf32, p, plan);
 }
 
 cudaError_t launch_forward(cuda_kernels::DType dtype, const Plan& plan, const Problem& p, const ForwardArgs& args,
                            cudaStream_t stream) {
-  cudaError_t status = cudaErrorInvalidValue;
-  device::dispatch(dtype, plan.mma, p, [&](auto tr, auto mma) {
-    using Tr = decltype(tr);
-    using M = decltype(mma);
-    if (plan.mma != M::kTensorCores) return;  // the plan was made for another product
-    status = device::launch_kernel(reinterpret_cast<const void*>(&device::forward_kernel<Tr, M>), plan, p, args,
-                                   stream);
-  });
-  return status;
+  return device::launch(dtype, plan, p, args, stream);
 }
 
 }  // namespace persistent

@@ -1,6 +1,6 @@
 // Device side of the persistent kernels: the thread-block executor for persistent_tile.h, the tensor-core (WMMA)
-// tile products, the kernels and their launch planning. Included by cbm_persistent_fwd.cu and
-// cbm_persistent_bwd.cu (one direction each, so they compile in parallel).
+// tile products, the kernel and its launch planning. Included by cbm_persistent_fwd.cu and cbm_persistent_bwd.cu,
+// which instantiate one direction each (so they compile in parallel).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -9,6 +9,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cbm_persistent.h"
 
@@ -92,39 +93,28 @@ struct BlockExec {
   }
 };
 
-template <typename Tr, typename M>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const ForwardArgs args, const Problem p) {
+// The whole recurrence of one direction: Args is ForwardArgs (steps 0..T-1) or BackwardArgs (steps T-1..0, then
+// t = -1: dc_0 = convT(dG_0)); a grid-wide barrier after each step, so the next one reads complete neighbours.
+template <typename Tr, typename M, typename Args>
+__global__ void __launch_bounds__(kThreads) recurrence_kernel(const Args args, const Problem p) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr bool kMma = M::kTensorCores;
+  constexpr bool kForward = std::is_same_v<Args, ForwardArgs>;
   const Layout L = layout(p, int(sizeof(typename Tr::storage)), kMma);
   const BlockWork bw = block_work(p, int(blockIdx.x), int(gridDim.x));
   BlockExec<Tr, M> ex;
   block_setup<Tr, kMma>(ex, smem, L, args.wp, p, bw);
   cg::grid_group grid = cg::this_grid();
-  for (int t = 0; t < p.T; ++t) {
-    forward_block_step<Tr, kMma>(ex, smem, L, args, p, bw, t);
-    if (t + 1 < p.T) {
-      __threadfence();
-      grid.sync();  // c_t complete everywhere before any block reads its shifted neighbours
+  const int first = kForward ? 0 : p.T - 1, last = kForward ? p.T - 1 : -1, step = kForward ? 1 : -1;
+  for (int t = first;; t += step) {
+    if constexpr (kForward) {
+      forward_block_step<Tr, kMma>(ex, smem, L, args, p, bw, t);
+    } else {
+      backward_block_step<Tr, kMma>(ex, smem, L, args, p, bw, t);
     }
-  }
-}
-
-template <typename Tr, typename M>
-__global__ void __launch_bounds__(kThreads) backward_kernel(const BackwardArgs args, const Problem p) {
-  extern __shared__ __align__(128) unsigned char smem[];
-  constexpr bool kMma = M::kTensorCores;
-  const Layout L = layout(p, int(sizeof(typename Tr::storage)), kMma);
-  const BlockWork bw = block_work(p, int(blockIdx.x), int(gridDim.x));
-  BlockExec<Tr, M> ex;
-  block_setup<Tr, kMma>(ex, smem, L, args.wp, p, bw);
-  cg::grid_group grid = cg::this_grid();
-  for (int t = p.T - 1; t >= -1; --t) {  // t = -1: dc_0 = convT(dG_0)
-    backward_block_step<Tr, kMma>(ex, smem, L, args, p, bw, t);
-    if (t >= 0) {
-      __threadfence();
-      grid.sync();  // dG_t complete everywhere before step t - 1 convolves it
-    }
+    if (t == last) break;
+    __threadfence();
+    grid.sync();
   }
 }
 
@@ -141,10 +131,11 @@ void dispatch(DType dtype, bool allow_tf32, const Problem& p, F&& fn) {
   }
 }
 
-// Grid and shared memory for kernel on the current device (see plan_forward in cbm_persistent.h).
-inline bool plan_kernel(const void* kernel, const Problem& p, int elem_bytes, bool mma, Plan* plan) {
+// Grid and shared memory for the kernel of Args on the current device (see plan_forward in cbm_persistent.h).
+template <typename Args>
+bool plan(DType dtype, bool allow_tf32, const Problem& p, Plan* out) {
   if (p.T <= 0 || p.rows() <= 0 || p.C <= 0) return false;
-  int dev = 0, coop = 0, max_smem = 0, sms = 0, per_sm = 0;
+  int dev = 0, coop = 0, max_smem = 0, sms = 0;
   if (cudaGetDevice(&dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev) != cudaSuccess ||
       cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
@@ -152,27 +143,40 @@ inline bool plan_kernel(const void* kernel, const Problem& p, int elem_bytes, bo
     (void)cudaGetLastError();
     return false;
   }
-  const Layout L = layout(p, elem_bytes, mma);
-  if (!coop || L.bytes > max_smem) return false;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.bytes)) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, size_t(L.bytes)) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  const int slices = p.channel_slices();
-  const int per_slice = std::min(p.row_tiles(), per_sm * sms / slices);
-  if (per_slice < 1) return false;
-  plan->grid = slices * per_slice;
-  plan->smem = L.bytes;
-  plan->mma = mma;
-  return true;
+  bool ok = false;
+  dispatch(dtype, allow_tf32, p, [&](auto tr, auto mma) {
+    using Tr = decltype(tr);
+    using M = decltype(mma);
+    const void* kernel = reinterpret_cast<const void*>(&recurrence_kernel<Tr, M, Args>);
+    const Layout L = layout(p, int(sizeof(typename Tr::storage)), M::kTensorCores);
+    int per_sm = 0;
+    if (!coop || L.bytes > max_smem ||
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.bytes)) != cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, size_t(L.bytes)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return;
+    }
+    const int slices = p.channel_slices();
+    const int per_slice = std::min(p.row_tiles(), per_sm * sms / slices);
+    if (per_slice < 1) return;
+    *out = Plan{slices * per_slice, L.bytes, M::kTensorCores};
+    ok = true;
+  });
+  return ok;
 }
 
 template <typename Args>
-cudaError_t launch_kernel(const void* kernel, const Plan& plan, const Problem& p, const Args& args,
-                          cudaStream_t stream) {
-  void* params[] = {const_cast<Args*>(&args), const_cast<Problem*>(&p)};
-  return cudaLaunchCooperativeKernel(kernel, dim3(plan.grid), dim3(kThreads), params, size_t(plan.smem), stream);
+cudaError_t launch(DType dtype, const Plan& plan, const Problem& p, const Args& args, cudaStream_t stream) {
+  cudaError_t status = cudaErrorInvalidValue;
+  dispatch(dtype, plan.mma, p, [&](auto tr, auto mma) {
+    using Tr = decltype(tr);
+    using M = decltype(mma);
+    if (plan.mma != M::kTensorCores) return;  // the plan was made for another tile product
+    void* params[] = {const_cast<Args*>(&args), const_cast<Problem*>(&p)};
+    status = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(&recurrence_kernel<Tr, M, Args>),
+                                         dim3(plan.grid), dim3(kThreads), params, size_t(plan.smem), stream);
+  });
+  return status;
 }
 
 }  // namespace device
