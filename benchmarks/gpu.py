@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -25,7 +26,7 @@ from deeprnn_cuda.authors import AuthorsRBM
 
 CANONICAL = {"L": Shape(16, 16, 64, 64, 56, 56), "M": Shape(16, 16, 128, 128, 28, 28),
              "S": Shape(16, 16, 256, 256, 14, 14), "XS": Shape(16, 16, 512, 512, 7, 7)}
-QUICK = {"tiny": Shape(4, 2, 8, 8, 8, 8)}
+QUICK = {"tiny": Shape(4, 2, 8, 8, 8, 8), "tiny2": Shape(3, 2, 16, 16, 6, 6)}  # two: the per-shape paths
 #: the contenders the geometric means take the best of (what backend="auto" can pick between)
 COMPILED = ("native", "native persistent", "triton")
 
@@ -54,6 +55,21 @@ def median_time(fn: Callable[[], None], device: torch.device, repeats: int, warm
             fn()
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def median_times(fns: Dict[str, Callable[[], None]], device: torch.device, repeats: int) -> Dict[str, float]:
+    """Median seconds of each contender; one that raises is reported on stderr and left out of the table."""
+    times = {}
+    for k, f in fns.items():
+        try:
+            times[k] = median_time(f, device, repeats)
+        except Exception as e:  # one broken contender (e.g. a torch.compile failure) must not lose the table
+            print(f"{k}: failed ({type(e).__name__}: {str(e)[:300]})", file=sys.stderr)
+    return times
+
+
+def ratio(times: Dict[str, float], base: str, t: float) -> str:
+    return f"{times[base] / t:.2f}x" if base in times else "n/a"
 
 
 def peak_memory(fn: Callable[[], None], device: torch.device) -> Optional[float]:
@@ -131,8 +147,12 @@ def layer_contenders(s: Shape, dtype: torch.dtype, device: torch.device, train: 
             fns["native persistent"] = persistent(fns[backend])
     layer = model_ref.layers[0]
     c0 = torch.zeros(s.B, s.C, s.H, s.W, device=device, dtype=dtype)
+    # A fresh, static compile per shape: recompiling one function for each new shape turns on dynamic shapes
+    # (which inductor failed to compile for these convolutions) and soon hits dynamo's recompile limit, after
+    # which it silently runs eager.
+    torch._dynamo.reset()
     compiled = torch.compile(lambda x: cbm_layer_ref(x, layer.weight_r, layer.bias_r, layer.weight_t, layer.bias_t,
-                                                      c0, act_r="tanh")[0])
+                                                      c0, act_r="tanh")[0], dynamic=False)
     fns["torch.compile(reference)"] = run(lambda: compiled(x_tb))
     return fns
 
@@ -182,26 +202,25 @@ def main() -> None:
         for label, s in shapes.items():
             for train in (False, True):
                 fns = layer_contenders(s, dtype, device, train)
-                times = {k: median_time(f, device, args.repeats) for k, f in fns.items()}
+                times = median_times(fns, device, args.repeats)
                 cost = cbm_costs(s, dtype, train)
                 roof = max(cost["flops"] / rates["flops"], cost["bytes"] / rates["bytes"])
                 for k, t in times.items():
                     mem = peak_memory(fns[k], device)
-                    ve, vc = times["authors eager"] / t, times["torch.compile(reference)"] / t
                     lines.append(f"| {label} {s} | {str(dtype)[6:]} | {'fwd+bwd' if train else 'fwd'} | {k} | "
                                  f"{t * 1e3:.3f} | {100 * roof / t:.1f} | {'' if mem is None else f'{mem:.0f}'} | "
-                                 f"{ve:.2f}x | {vc:.2f}x |")
+                                 f"{ratio(times, 'authors eager', t)} | {ratio(times, 'torch.compile(reference)', t)} |")
                 best = min((t for k, t in times.items() if k in COMPILED), default=None)
                 if train and best is not None:
-                    speedups["eager"].append(times["authors eager"] / best)
-                    speedups["compile"].append(times["torch.compile(reference)"] / best)
+                    for key, base in (("eager", "authors eager"), ("compile", "torch.compile(reference)")):
+                        if base in times:
+                            speedups[key].append(times[base] / best)
         stack = stack_contenders(device, dtype, args.quick)
-        stimes = {k: median_time(f, device, max(3, args.repeats // 4)) for k, f in stack.items()}
-        base = stimes["eager per-step (reference)"]
+        stimes = median_times(stack, device, max(3, args.repeats // 4))
         for k, t in stimes.items():
             mem = peak_memory(stack[k], device)
             lines.append(f"| 15-layer CBM train step | {str(dtype)[6:]} | train | {k} | {t * 1e3:.3f} | | "
-                         f"{'' if mem is None else f'{mem:.0f}'} | {base / t:.2f}x | |")
+                         f"{'' if mem is None else f'{mem:.0f}'} | {ratio(stimes, 'eager per-step (reference)', t)} | |")
     for k, v in speedups.items():
         if v:
             lines.append(f"\ngeomean fwd+bwd vs {'eager' if k == 'eager' else 'torch.compile'}: "
