@@ -16,91 +16,18 @@
 #include <type_traits>
 
 #include "cbm_kernels.h"
+#include "cbm_math.h"
 
 namespace deeprnn {
 namespace cuda_kernels {
 namespace {
 
-// Codes match csrc/cbm.h and deeprnn_cuda/_checks.py.
-constexpr int kActRIdentity = 0, kActRRelu = 1, kActRTanh = 2;
-constexpr int kActTSigmoid = 0, kActTRelu = 1;
-constexpr int kMergeMul = 0, kMergeAdd = 1;
-
-struct F32 {
-  using storage = float;
-  using acc = float;
-  static __device__ __forceinline__ acc load(storage v) { return v; }
-  static __device__ __forceinline__ storage store(acc v) { return v; }
-};
-struct F64 {
-  using storage = double;
-  using acc = double;
-  static __device__ __forceinline__ acc load(storage v) { return v; }
-  static __device__ __forceinline__ storage store(acc v) { return v; }
-};
-struct F16 {
-  using storage = unsigned short;
-  using acc = float;
-  static __device__ __forceinline__ acc load(storage v) { return __half2float(__ushort_as_half(v)); }
-  static __device__ __forceinline__ storage store(acc v) { return __half_as_ushort(__float2half_rn(v)); }
-};
-struct BF16 {
-  using storage = unsigned short;
-  using acc = float;
-  static __device__ __forceinline__ acc load(storage v) { return __bfloat162float(__ushort_as_bfloat16(v)); }
-  static __device__ __forceinline__ storage store(acc v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
-};
+using namespace cbm_math;  // option codes, number formats, activations (shared with the persistent kernels)
 
 template <typename S, int N>
 struct alignas(sizeof(S) * N) Pack {
   S v[N];
 };
-
-template <typename A>
-__device__ __forceinline__ A exp_(A z) {
-  if constexpr (std::is_same_v<A, float>) {
-    return expf(z);
-  } else {
-    return exp(z);
-  }
-}
-
-template <typename A>
-__device__ __forceinline__ A tanh_(A z) {
-  if constexpr (std::is_same_v<A, float>) {
-    return tanhf(z);
-  } else {
-    return tanh(z);
-  }
-}
-
-template <int ACT, typename A>
-__device__ __forceinline__ A act_r_fn(A z) {
-  if constexpr (ACT == kActRRelu) return z > A(0) ? z : A(0);
-  if constexpr (ACT == kActRTanh) return tanh_(z);
-  return z;
-}
-
-// act_r' from the activation's output r.
-template <int ACT, typename A>
-__device__ __forceinline__ A act_r_grad(A r) {
-  if constexpr (ACT == kActRRelu) return r > A(0) ? A(1) : A(0);
-  if constexpr (ACT == kActRTanh) return A(1) - r * r;
-  return A(1);
-}
-
-template <int ACT, typename A>
-__device__ __forceinline__ A act_t_fn(A z) {
-  if constexpr (ACT == kActTRelu) return z > A(0) ? z : A(0);
-  return A(1) / (A(1) + exp_(-z));
-}
-
-// act_t' from the activation's output c.
-template <int ACT, typename A>
-__device__ __forceinline__ A act_t_grad(A c) {
-  if constexpr (ACT == kActTRelu) return c > A(0) ? A(1) : A(0);
-  return c * (A(1) - c);
-}
 
 template <typename S, int VEC>
 __device__ __forceinline__ Pack<S, VEC> load_pack(const void* base, int64_t offset) {

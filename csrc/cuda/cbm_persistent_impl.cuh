@@ -19,14 +19,8 @@ namespace device {
 
 namespace cg = cooperative_groups;
 namespace wmma = nvcuda::wmma;
+using cbm_math::F16;
 using cuda_kernels::DType;
-
-struct F16 {
-  using storage = unsigned short;
-  using acc = float;
-  static __device__ __forceinline__ acc load(storage v) { return __half2float(__ushort_as_half(v)); }
-  static __device__ __forceinline__ storage store(acc v) { return __half_as_ushort(__float2half_rn(v)); }
-};
 
 
 // bf16 / fp16 tensor cores: 16 x 16 x 16 steps, float accumulators. Needs chunk widths that are multiples of 16.

@@ -15,14 +15,8 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
-#if defined(__CUDACC__)
-#define DEEPRNN_HD __host__ __device__ __forceinline__
-#else
-#define DEEPRNN_HD inline
-#include <cmath>
-#endif
+#include "cbm_math.h"
 
 namespace deeprnn {
 namespace persistent {
@@ -35,45 +29,15 @@ constexpr int kPerThread = kBM * kBN / kThreads;  // FMA path: outputs per threa
 constexpr int kWarps = kThreads / 32;
 static_assert(kThreads % kBN == 0 && (kBM / 16) * (kBN / 16) == kWarps, "tile / thread layout");
 
-// Option codes: csrc/cbm.h, deeprnn_cuda/_checks.py.
-constexpr int kActRIdentity = 0, kActRRelu = 1, kActRTanh = 2;
-constexpr int kActTSigmoid = 0, kActTRelu = 1;
-constexpr int kMergeMul = 0;
-
-// ------------------------------------------------------------------------------------------------------------
-// Number formats: storage type S (global and shared memory), accumulate type A.
-
-struct F32 {
-  using storage = float;
-  using acc = float;
-  static DEEPRNN_HD acc load(storage v) { return v; }
-  static DEEPRNN_HD storage store(acc v) { return v; }
-};
-struct F64 {
-  using storage = double;
-  using acc = double;
-  static DEEPRNN_HD acc load(storage v) { return v; }
-  static DEEPRNN_HD storage store(acc v) { return v; }
-};
-// bfloat16 is the top half of a float32: the bit form is exact on host and device (round to nearest even; NaN
-// stays NaN), so the host emulation computes what the GPU computes.
-struct BF16 {
-  using storage = unsigned short;
-  using acc = float;
-  static DEEPRNN_HD acc load(storage v) {
-    const uint32_t bits = uint32_t(v) << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-  }
-  static DEEPRNN_HD storage store(acc v) {
-    uint32_t bits;
-    memcpy(&bits, &v, 4);
-    if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu) != 0) return storage((bits >> 16) | 0x40);
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return storage(bits >> 16);
-  }
-};
+// Declarations, not a using-directive: csrc/cbm.h has enumerators of the same names in namespace deeprnn.
+using cbm_math::act_r_fn;
+using cbm_math::act_r_grad;
+using cbm_math::act_t_fn;
+using cbm_math::act_t_grad;
+using cbm_math::BF16;
+using cbm_math::F32;
+using cbm_math::F64;
+using cbm_math::kMergeMul;
 
 // The plain tile product (fma_chunk below): each thread accumulates kPerThread outputs in registers. A tile
 // product type says whether it uses tensor cores and what one thread keeps between phases (Regs).
@@ -231,32 +195,6 @@ DEEPRNN_HD void fma_chunk(typename Tr::acc* acc, const typename Tr::storage* a, 
   }
 }
 
-template <typename A>
-DEEPRNN_HD A exp_(A z) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(A) == 4) {
-    return expf(z);
-  } else {
-    return exp(z);
-  }
-#else
-  return std::exp(z);
-#endif
-}
-
-template <typename A>
-DEEPRNN_HD A tanh_(A z) {
-#if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(A) == 4) {
-    return tanhf(z);
-  } else {
-    return tanh(z);
-  }
-#else
-  return std::tanh(z);
-#endif
-}
-
 // The forward epilogue of one output (row, co) at step t (the step kernels' formulas, csrc/cuda/cbm_kernels.cu).
 template <typename Tr>
 DEEPRNN_HD void forward_epilogue(typename Tr::acc acc, const ForwardArgs& a, const Problem& p, int t, int row,
@@ -268,8 +206,7 @@ DEEPRNN_HD void forward_epilogue(typename Tr::acc acc, const ForwardArgs& a, con
   const int64_t img = int64_t(t) * p.B + b, e = int64_t(co) * HW + pix;
   const A g = acc + Tr::load(static_cast<const S*>(a.p_x)[img * a.s_p + e]);
   const A z = Tr::load(static_cast<const S*>(a.p_r)[img * a.s_p + e]);
-  const A cv = p.act_t == kActTRelu ? (g > A(0) ? g : A(0)) : A(1) / (A(1) + exp_(-g));
-  const A rv = p.act_r == kActRRelu ? (z > A(0) ? z : A(0)) : p.act_r == kActRTanh ? tanh_(z) : z;
+  const A cv = act_t_fn(p.act_t, g), rv = act_r_fn(p.act_r, z);
   const int64_t out = img * p.C * HW + e;
   static_cast<S*>(a.r)[out] = Tr::store(rv);
   static_cast<S*>(a.c)[out] = Tr::store(cv);
@@ -293,10 +230,8 @@ DEEPRNN_HD void backward_epilogue(typename Tr::acc acc, const BackwardArgs& a, c
   const A rv = Tr::load(static_cast<const S*>(a.r)[at]), cv = Tr::load(static_cast<const S*>(a.c)[at]);
   const bool mul = p.merge == kMergeMul;
   const A dc = grad(a.grad_c) + (mul ? go * rv : go) + acc;
-  const A dact_t = p.act_t == kActTRelu ? (cv > A(0) ? A(1) : A(0)) : cv * (A(1) - cv);
-  const A dact_r = p.act_r == kActRRelu ? (rv > A(0) ? A(1) : A(0)) : p.act_r == kActRTanh ? A(1) - rv * rv : A(1);
-  static_cast<S*>(a.dg)[img * a.s_dp + e] = Tr::store(dc * dact_t);
-  static_cast<S*>(a.dpr)[img * a.s_dp + e] = Tr::store((mul ? go * cv : go) * dact_r);
+  static_cast<S*>(a.dg)[img * a.s_dp + e] = Tr::store(dc * act_t_grad(p.act_t, cv));
+  static_cast<S*>(a.dpr)[img * a.s_dp + e] = Tr::store((mul ? go * cv : go) * act_r_grad(p.act_r, rv));
 }
 
 // dc_0 = convT(dG_0, W_tc) for one output.
