@@ -195,6 +195,18 @@ DEEPRNN_HD void fma_chunk(typename Tr::acc* acc, const typename Tr::storage* a, 
   }
 }
 
+// Where output (row, channel) of step t lives: image b of the step, image index t * B + b, and the element
+// offset channel * H * W + pixel inside a (C, H, W) block.
+struct Output {
+  int b;
+  int64_t img, e;
+};
+
+DEEPRNN_HD Output output_at(const Problem& p, int t, int row, int channel) {
+  const int HW = p.hw(), b = row / HW;
+  return Output{b, int64_t(t) * p.B + b, int64_t(channel) * HW + (row - b * HW)};
+}
+
 // The forward epilogue of one output (row, co) at step t (the step kernels' formulas, csrc/cuda/cbm_kernels.cu).
 template <typename Tr>
 DEEPRNN_HD void forward_epilogue(typename Tr::acc acc, const ForwardArgs& a, const Problem& p, int t, int row,
@@ -202,12 +214,11 @@ DEEPRNN_HD void forward_epilogue(typename Tr::acc acc, const ForwardArgs& a, con
   using S = typename Tr::storage;
   using A = typename Tr::acc;
   if (row >= p.rows() || co >= p.C) return;
-  const int HW = p.hw(), b = row / HW, pix = row - b * HW;
-  const int64_t img = int64_t(t) * p.B + b, e = int64_t(co) * HW + pix;
-  const A g = acc + Tr::load(static_cast<const S*>(a.p_x)[img * a.s_p + e]);
-  const A z = Tr::load(static_cast<const S*>(a.p_r)[img * a.s_p + e]);
+  const Output at = output_at(p, t, row, co);
+  const A g = acc + Tr::load(static_cast<const S*>(a.p_x)[at.img * a.s_p + at.e]);
+  const A z = Tr::load(static_cast<const S*>(a.p_r)[at.img * a.s_p + at.e]);
   const A cv = act_t_fn(p.act_t, g), rv = act_r_fn(p.act_r, z);
-  const int64_t out = img * p.C * HW + e;
+  const int64_t out = at.img * p.C * p.hw() + at.e;
   static_cast<S*>(a.r)[out] = Tr::store(rv);
   static_cast<S*>(a.c)[out] = Tr::store(cv);
   static_cast<S*>(a.o)[out] = Tr::store(p.merge == kMergeMul ? rv * cv : rv + cv);
@@ -220,18 +231,17 @@ DEEPRNN_HD void backward_epilogue(typename Tr::acc acc, const BackwardArgs& a, c
   using S = typename Tr::storage;
   using A = typename Tr::acc;
   if (row >= p.rows() || ci >= p.C) return;
-  const int HW = p.hw(), b = row / HW, pix = row - b * HW;
-  const int64_t img = int64_t(t) * p.B + b, e = int64_t(ci) * HW + pix;
+  const Output at = output_at(p, t, row, ci);
   const auto grad = [&](const Strided& s) {
-    return Tr::load(static_cast<const S*>(s.ptr)[t * s.s_t + b * s.s_b + e * s.s_e]);
+    return Tr::load(static_cast<const S*>(s.ptr)[t * s.s_t + at.b * s.s_b + at.e * s.s_e]);
   };
   const A go = grad(a.grad_o);
-  const int64_t at = img * p.C * HW + e;
-  const A rv = Tr::load(static_cast<const S*>(a.r)[at]), cv = Tr::load(static_cast<const S*>(a.c)[at]);
+  const int64_t saved = at.img * p.C * p.hw() + at.e;
+  const A rv = Tr::load(static_cast<const S*>(a.r)[saved]), cv = Tr::load(static_cast<const S*>(a.c)[saved]);
   const bool mul = p.merge == kMergeMul;
   const A dc = grad(a.grad_c) + (mul ? go * rv : go) + acc;
-  static_cast<S*>(a.dg)[img * a.s_dp + e] = Tr::store(dc * act_t_grad(p.act_t, cv));
-  static_cast<S*>(a.dpr)[img * a.s_dp + e] = Tr::store((mul ? go * cv : go) * act_r_grad(p.act_r, rv));
+  static_cast<S*>(a.dg)[at.img * a.s_dp + at.e] = Tr::store(dc * act_t_grad(p.act_t, cv));
+  static_cast<S*>(a.dpr)[at.img * a.s_dp + at.e] = Tr::store((mul ? go * cv : go) * act_r_grad(p.act_r, rv));
 }
 
 // dc_0 = convT(dG_0, W_tc) for one output.
@@ -239,8 +249,8 @@ template <typename Tr>
 DEEPRNN_HD void initial_state_epilogue(typename Tr::acc acc, const BackwardArgs& a, const Problem& p, int row,
                                        int ci) {
   if (row >= p.rows() || ci >= p.C) return;
-  const int HW = p.hw(), b = row / HW, pix = row - b * HW;
-  static_cast<typename Tr::storage*>(a.dc0)[(int64_t(b) * p.C + ci) * HW + pix] = Tr::store(acc);
+  const Output at = output_at(p, 0, row, ci);  // step 0: the image index is b, as in (B, C, H, W)
+  static_cast<typename Tr::storage*>(a.dc0)[at.img * p.C * p.hw() + at.e] = Tr::store(acc);
 }
 
 // ------------------------------------------------------------------------------------------------------------
