@@ -72,6 +72,15 @@ def ratio(times: Dict[str, float], base: str, t: float) -> str:
     return f"{times[base] / t:.2f}x" if base in times else "n/a"
 
 
+def emit(lines: List[str], out: Optional[str]) -> None:
+    """Print the table, and write it to ``out`` when given."""
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
 def peak_memory(fn: Callable[[], None], device: torch.device) -> Optional[float]:
     if device.type != "cuda":
         return None
@@ -225,11 +234,7 @@ def main() -> None:
         if v:
             lines.append(f"\ngeomean fwd+bwd vs {'eager' if k == 'eager' else 'torch.compile'}: "
                          f"{math.exp(sum(map(math.log, v)) / len(v)):.2f}x  (best of {', '.join(COMPILED)} per shape)")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterator
 import torch
 
 from benchmarks.cases import Shape
-from benchmarks.gpu import CANONICAL, QUICK, median_time
+from benchmarks.gpu import CANONICAL, QUICK, emit, median_time
 from deeprnn_cuda import cbm_layer
 
 PATHS: Dict[str, Dict[str, str]] = {
@@ -103,11 +103,7 @@ def main() -> None:
                                  + " | ".join(times.values()) + f" | {loop / best:.2f}x |")
     finally:
         torch.backends.cudnn.allow_tf32 = old_tf32
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
