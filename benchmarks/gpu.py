@@ -10,12 +10,13 @@ the geometric means of the fwd+bwd speed-ups. ``--quick`` runs tiny shapes (also
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
@@ -113,18 +114,26 @@ def cbm_costs(s: Shape, dtype: torch.dtype, train: bool) -> Dict[str, float]:
     return {"flops": fwd * (3 if train else 1), "bytes": fwd_bytes + (bwd_bytes if train else 0)}
 
 
+@contextlib.contextmanager
+def environment(values: Dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (the op reads them on every call)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def persistent(fn: Callable[[], None]) -> Callable[[], None]:
     """fn with the native CUDA op's persistent kernels forced on (DEEPRNN_CUDA_PERSISTENT=1, read per call)."""
     def wrapped() -> None:
-        old = os.environ.get("DEEPRNN_CUDA_PERSISTENT")
-        os.environ["DEEPRNN_CUDA_PERSISTENT"] = "1"
-        try:
+        with environment({"DEEPRNN_CUDA_PERSISTENT": "1"}):
             fn()
-        finally:
-            if old is None:
-                del os.environ["DEEPRNN_CUDA_PERSISTENT"]
-            else:
-                os.environ["DEEPRNN_CUDA_PERSISTENT"] = old
     return wrapped
 
 

@@ -11,15 +11,13 @@ is the CPU op: a check of the script only).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import time
-from typing import Callable, Dict, Iterator
+from typing import Callable, Dict
 
 import torch
 
 from benchmarks.cases import Shape
-from benchmarks.gpu import CANONICAL, QUICK, emit, median_time
+from benchmarks.gpu import CANONICAL, QUICK, emit, environment, median_time
 from deeprnn_cuda import cbm_layer
 
 PATHS: Dict[str, Dict[str, str]] = {
@@ -28,21 +26,6 @@ PATHS: Dict[str, Dict[str, str]] = {
     "persistent": {"DEEPRNN_CUDA_PERSISTENT": "1"},
 }
 DTYPES = {"float32": (torch.float32, False), "tf32": (torch.float32, True), "bf16": (torch.bfloat16, False)}
-
-
-@contextlib.contextmanager
-def environment(values: Dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block (the op reads them on every call)."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def layer_call(s: Shape, dtype: torch.dtype, device: torch.device, train: bool) -> Callable[[], None]:
