@@ -34,6 +34,7 @@
 #include "../cbm.h"
 #include "cbm_kernels.h"
 #include "cbm_persistent_cuda.h"
+#include "kernel_dtype.h"
 
 namespace deeprnn {
 namespace {
@@ -42,13 +43,9 @@ using at::Tensor;
 namespace ck = cuda_kernels;
 
 ck::DType dtype_code(at::ScalarType st) {
-  switch (st) {
-    case at::kFloat: return ck::DType::kFloat;
-    case at::kDouble: return ck::DType::kDouble;
-    case at::kHalf: return ck::DType::kHalf;
-    case at::kBFloat16: return ck::DType::kBFloat16;
-    default: TORCH_CHECK_VALUE(false, "deeprnn CUDA kernels support float32, float64, float16 and bfloat16, got ", st);
-  }
+  const auto dt = kernel_dtype(st);
+  TORCH_CHECK_VALUE(dt.has_value(), "deeprnn CUDA kernels support float32, float64, float16 and bfloat16, got ", st);
+  return *dt;
 }
 
 // True when each batch entry's (C, H, W) block is contiguous (size-1 dims may have any stride).

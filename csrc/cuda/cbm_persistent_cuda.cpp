@@ -27,12 +27,12 @@
 #include <unordered_map>
 
 #include "cbm_persistent.h"
+#include "kernel_dtype.h"
 
 namespace deeprnn {
 namespace {
 
 using at::Tensor;
-namespace ck = cuda_kernels;
 namespace pk = persistent;
 
 enum class Mode { kOff, kOn, kAuto };
@@ -46,16 +46,6 @@ Mode mode() {
   if (std::strcmp(v, "1") == 0) return Mode::kOn;
   TORCH_WARN_ONCE("deeprnn: DEEPRNN_CUDA_PERSISTENT must be 0, 1 or auto, got '", v, "'; using 0");
   return Mode::kOff;
-}
-
-std::optional<ck::DType> dtype_code(at::ScalarType st) {
-  switch (st) {
-    case at::kFloat: return ck::DType::kFloat;
-    case at::kDouble: return ck::DType::kDouble;
-    case at::kHalf: return ck::DType::kHalf;
-    case at::kBFloat16: return ck::DType::kBFloat16;
-    default: return std::nullopt;
-  }
 }
 
 // The kernels index one step's state with 32-bit ints (offsets across steps are 64-bit).
@@ -182,7 +172,7 @@ int64_t persistent_launches() { return g_launches.load(std::memory_order_relaxed
 
 void forward_sequence_cuda(const ForwardSequence& s, const std::function<void()>& step_loop) {
   const Mode m = mode();
-  const auto dt = dtype_code(s.c.scalar_type());
+  const auto dt = kernel_dtype(s.c.scalar_type());
   const auto p = problem_of(s.c, s.w_tc, s.opt);
   pk::Plan plan;
   if (m == Mode::kOff || !dt || !p || !image_strided(s.p_r) || !image_strided(s.p_x) ||
@@ -202,7 +192,7 @@ void forward_sequence_cuda(const ForwardSequence& s, const std::function<void()>
 
 Tensor backward_sequence_cuda(const BackwardSequence& s, const std::function<Tensor()>& step_loop) {
   const Mode m = mode();
-  const auto dt = dtype_code(s.c.scalar_type());
+  const auto dt = kernel_dtype(s.c.scalar_type());
   const auto p = problem_of(s.c, s.w_tc, s.opt);
   pk::Plan plan;
   if (m == Mode::kOff || !dt || !p || !image_strided(s.dG) || !image_strided(s.dP_r) ||
