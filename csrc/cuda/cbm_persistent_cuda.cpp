@@ -77,6 +77,13 @@ std::optional<pk::Strided> strided(const Tensor& g) {
   return std::nullopt;
 }
 
+// strided(g), or, when g's layout needs a copy, strided() of a contiguous copy kept alive in `copy`.
+pk::Strided strided_or_copy(const Tensor& g, Tensor& copy) {
+  if (const auto view = strided(g)) return *view;
+  copy = g.contiguous();
+  return *strided(copy);
+}
+
 // Per-shape choices of the auto mode: key -> persistent faster.
 class Choices {
  public:
@@ -172,10 +179,14 @@ int64_t persistent_launches() { return g_launches.load(std::memory_order_relaxed
 
 void forward_sequence_cuda(const ForwardSequence& s, const std::function<void()>& step_loop) {
   const Mode m = mode();
+  if (m == Mode::kOff) {
+    step_loop();
+    return;
+  }
   const auto dt = kernel_dtype(s.c.scalar_type());
   const auto p = problem_of(s.c, s.w_tc, s.opt);
   pk::Plan plan;
-  if (m == Mode::kOff || !dt || !p || !image_strided(s.p_r) || !image_strided(s.p_x) ||
+  if (!dt || !p || !image_strided(s.p_r) || !image_strided(s.p_x) ||
       s.p_r.stride(1) != s.p_x.stride(1) || !s.c.is_contiguous() || !s.r.is_contiguous() || !s.o.is_contiguous() ||
       !pk::plan_forward(*dt, allow_tf32(), *p, &plan)) {
     step_loop();
@@ -192,22 +203,21 @@ void forward_sequence_cuda(const ForwardSequence& s, const std::function<void()>
 
 Tensor backward_sequence_cuda(const BackwardSequence& s, const std::function<Tensor()>& step_loop) {
   const Mode m = mode();
+  if (m == Mode::kOff) return step_loop();
   const auto dt = kernel_dtype(s.c.scalar_type());
   const auto p = problem_of(s.c, s.w_tc, s.opt);
   pk::Plan plan;
-  if (m == Mode::kOff || !dt || !p || !image_strided(s.dG) || !image_strided(s.dP_r) ||
+  if (!dt || !p || !image_strided(s.dG) || !image_strided(s.dP_r) ||
       s.dG.stride(1) != s.dP_r.stride(1) || !pk::plan_backward(*dt, allow_tf32(), *p, &plan)) {
     return step_loop();
   }
   const Tensor wp = s.w_tc.permute({2, 3, 0, 1}).contiguous();  // [tap][C_out][C_in]: the transposed convolution
   const Tensor r = s.r.contiguous(), c = s.c.contiguous();
-  auto grad_o = strided(s.grad_o), grad_c = strided(s.grad_c);
-  const Tensor go_c = grad_o ? Tensor() : s.grad_o.contiguous(), gc_c = grad_c ? Tensor() : s.grad_c.contiguous();
-  if (!grad_o) grad_o = strided(go_c);
-  if (!grad_c) grad_c = strided(gc_c);
+  Tensor grad_o_copy, grad_c_copy;  // contiguous copies of gradients whose layout the kernel cannot read
+  const pk::Strided grad_o = strided_or_copy(s.grad_o, grad_o_copy), grad_c = strided_or_copy(s.grad_c, grad_c_copy);
   const Tensor dc0 = at::empty_like(s.c0, at::MemoryFormat::Contiguous);
-  const pk::BackwardArgs args{*grad_o,
-                              *grad_c,
+  const pk::BackwardArgs args{grad_o,
+                              grad_c,
                               r.const_data_ptr(),
                               c.const_data_ptr(),
                               wp.const_data_ptr(),
