@@ -73,13 +73,26 @@ def ratio(times: Dict[str, float], base: str, t: float) -> str:
     return f"{times[base] / t:.2f}x" if base in times else "n/a"
 
 
-def emit(lines: List[str], out: Optional[str]) -> None:
-    """Print the table, and write it to ``out`` when given."""
-    text = "\n".join(lines)
-    print(text)
-    if out:
-        with open(out, "w") as f:
-            f.write(text + "\n")
+class Table:
+    """A markdown table written as it is measured: each line is printed and appended to ``out`` (when given) at
+    once, flushed, so a run cut short (a GPU session's time limit) keeps every row it finished."""
+
+    def __init__(self, out: Optional[str]) -> None:
+        self.out = out
+        if out:
+            open(out, "w").close()
+
+    def add(self, *lines: str) -> None:
+        for line in lines:
+            print(line, flush=True)
+            if self.out:
+                with open(self.out, "a") as f:
+                    f.write(line + "\n")
+
+
+def split_names(value: str) -> List[str]:
+    """A comma-separated command-line list, without empty items."""
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def peak_memory(fn: Callable[[], None], device: torch.device) -> Optional[float]:
@@ -137,7 +150,10 @@ def persistent(fn: Callable[[], None]) -> Callable[[], None]:
     return wrapped
 
 
-def layer_contenders(s: Shape, dtype: torch.dtype, device: torch.device, train: bool) -> Dict[str, Callable]:
+def layer_contenders(s: Shape, dtype: torch.dtype, device: torch.device, train: bool,
+                     wanted: Callable[[str], bool] = lambda name: True) -> Dict[str, Callable]:
+    """The contenders for one layer call that ``wanted`` keeps; ``torch.compile(reference)`` comes last (its
+    compile is the slowest part of a row, so a row cut short still has the rest)."""
     torch.manual_seed(0)
     authors = AuthorsRBM(s.C_in, s.C, s.k).to(device=device, dtype=dtype)
     x_bt = torch.randn(s.B, s.T, s.C_in, s.H, s.W, device=device, dtype=dtype).requires_grad_(train)
@@ -163,6 +179,9 @@ def layer_contenders(s: Shape, dtype: torch.dtype, device: torch.device, train: 
         fns[backend] = run(lambda model=model: model(x_tb)[0])
         if backend == "native" and device.type == "cuda":
             fns["native persistent"] = persistent(fns[backend])
+    fns = {k: f for k, f in fns.items() if wanted(k)}
+    if not wanted("torch.compile(reference)"):
+        return fns
     layer = model_ref.layers[0]
     c0 = torch.zeros(s.B, s.C, s.H, s.W, device=device, dtype=dtype)
     # A fresh, static compile per shape: recompiling one function for each new shape turns on dynamic shapes
@@ -175,7 +194,8 @@ def layer_contenders(s: Shape, dtype: torch.dtype, device: torch.device, train: 
     return fns
 
 
-def stack_contenders(device: torch.device, dtype: torch.dtype, quick: bool) -> Dict[str, Callable]:
+def stack_contenders(device: torch.device, dtype: torch.dtype, quick: bool,
+                     wanted: Callable[[str], bool] = lambda name: True) -> Dict[str, Callable]:
     """One training step (fwd+bwd+SGD) of a 15-layer CBM stack, C=64 at 28x28, shortcuts every 2."""
     T, B, C, HW, layers = (4, 2, 8, 8, 3) if quick else (16, 16, 64, 28, 15)
     torch.manual_seed(0)
@@ -188,62 +208,95 @@ def stack_contenders(device: torch.device, dtype: torch.dtype, quick: bool) -> D
         model = CBM(C, C, 3, num_layers=layers, shortcut_every=2, backend=backend).to(device=device, dtype=dtype)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         name = "eager per-step (reference)" if backend == "reference" else backend
+        if not wanted(name) and not (backend == "native" and wanted("native persistent")):
+            continue
 
         def step(model=model, opt=opt) -> None:
             opt.zero_grad(set_to_none=True)
             model(x)[0].float().square().mean().backward()
             opt.step()
-        fns[name] = step
-        if backend == "native" and device.type == "cuda":
+        if wanted(name):
+            fns[name] = step
+        if backend == "native" and device.type == "cuda" and wanted("native persistent"):
             fns["native persistent"] = persistent(step)
     return fns
+
+
+DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+CONTENDERS = ("authors eager", "native", "native persistent", "triton", "torch.compile(reference)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, to check the script (CPU works)")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--out", help="also write the markdown table to this file, row by row")
+    parser.add_argument("--shapes", default="", help="comma-separated shape labels (default: all of the mode's)")
+    parser.add_argument("--dtypes", default="float32,bf16", help=f"comma-separated, of {', '.join(DTYPES)}")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="comma-separated contenders to time (the eager baseline is always timed)")
+    parser.add_argument("--compile-dtypes", default="float32",
+                        help="dtypes in which torch.compile(reference) competes (each shape costs a compile)")
+    parser.add_argument("--no-stack", action="store_true", help="skip the 15-layer training step")
     args = parser.parse_args()
+    shapes = QUICK if args.quick else CANONICAL
+    labels = split_names(args.shapes) or list(shapes)
+    contenders = set(split_names(args.contenders)) | {"authors eager", "eager per-step (reference)"}
+    for name, values, known in (("--shapes", labels, shapes), ("--dtypes", split_names(args.dtypes), DTYPES),
+                                ("--contenders", contenders - {"eager per-step (reference)"}, CONTENDERS),
+                                ("--compile-dtypes", split_names(args.compile_dtypes), DTYPES)):
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            parser.error(f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     torch.backends.cudnn.benchmark = True
-    lines = [f"device: {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; median of {args.repeats}",
-             "", "| shape | dtype | pass | contender | median ms | % roofline | peak MiB | vs eager | vs compile |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    table = Table(args.out)
+    table.add(f"device: {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; median of {args.repeats}",
+              "", "| shape | dtype | pass | contender | median ms | % roofline | peak MiB | vs eager | vs compile |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|")
     speedups: Dict[str, List[float]] = {"eager": [], "compile": []}
-    shapes = QUICK if args.quick else CANONICAL
-    for dtype in (torch.float32, torch.bfloat16):
+    for dname in split_names(args.dtypes):
+        dtype = DTYPES[dname]
         if device.type == "cpu" and dtype == torch.bfloat16:
             continue
+        compile_here = dname in split_names(args.compile_dtypes)
+
+        def wanted(k: str) -> bool:
+            return k in contenders and (k != "torch.compile(reference)" or compile_here)
+
         rates = machine_rates(device, dtype)
-        for label, s in shapes.items():
+        for label in labels:
+            s = shapes[label]
             for train in (False, True):
-                fns = layer_contenders(s, dtype, device, train)
+                fns = layer_contenders(s, dtype, device, train, wanted)
                 times = median_times(fns, device, args.repeats)
                 cost = cbm_costs(s, dtype, train)
                 roof = max(cost["flops"] / rates["flops"], cost["bytes"] / rates["bytes"])
                 for k, t in times.items():
                     mem = peak_memory(fns[k], device)
-                    lines.append(f"| {label} {s} | {str(dtype)[6:]} | {'fwd+bwd' if train else 'fwd'} | {k} | "
-                                 f"{t * 1e3:.3f} | {100 * roof / t:.1f} | {'' if mem is None else f'{mem:.0f}'} | "
-                                 f"{ratio(times, 'authors eager', t)} | {ratio(times, 'torch.compile(reference)', t)} |")
+                    table.add(f"| {label} {s} | {dname} | {'fwd+bwd' if train else 'fwd'} | {k} | "
+                              f"{t * 1e3:.3f} | {100 * roof / t:.1f} | {'' if mem is None else f'{mem:.0f}'} | "
+                              f"{ratio(times, 'authors eager', t)} | {ratio(times, 'torch.compile(reference)', t)} |")
                 best = min((t for k, t in times.items() if k in COMPILED), default=None)
                 if train and best is not None:
                     for key, base in (("eager", "authors eager"), ("compile", "torch.compile(reference)")):
                         if base in times:
                             speedups[key].append(times[base] / best)
-        stack = stack_contenders(device, dtype, args.quick)
+        if args.no_stack:
+            continue
+        stack = stack_contenders(device, dtype, args.quick, wanted)
         stimes = median_times(stack, device, max(3, args.repeats // 4))
         for k, t in stimes.items():
             mem = peak_memory(stack[k], device)
-            lines.append(f"| 15-layer CBM train step | {str(dtype)[6:]} | train | {k} | {t * 1e3:.3f} | | "
-                         f"{'' if mem is None else f'{mem:.0f}'} | {ratio(stimes, 'eager per-step (reference)', t)} | |")
+            table.add(f"| 15-layer CBM train step | {dname} | train | {k} | {t * 1e3:.3f} | | "
+                      f"{'' if mem is None else f'{mem:.0f}'} | {ratio(stimes, 'eager per-step (reference)', t)} | |")
+    compiled = ", ".join(k for k in COMPILED if k in contenders)
     for k, v in speedups.items():
         if v:
-            lines.append(f"\ngeomean fwd+bwd vs {'eager' if k == 'eager' else 'torch.compile'}: "
-                         f"{math.exp(sum(map(math.log, v)) / len(v)):.2f}x  (best of {', '.join(COMPILED)} per shape)")
-    emit(lines, args.out)
+            table.add("", f"geomean fwd+bwd vs {'eager' if k == 'eager' else 'torch.compile'}: "
+                          f"{math.exp(sum(map(math.log, v)) / len(v)):.2f}x  (best of {compiled} per shape, "
+                          f"{len(v)} shapes)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import Callable, Dict
 import torch
 
 from benchmarks.cases import Shape
-from benchmarks.gpu import CANONICAL, QUICK, emit, environment, median_time
+from benchmarks.gpu import CANONICAL, QUICK, Table, environment, median_time, split_names
 from deeprnn_cuda import cbm_layer
 
 PATHS: Dict[str, Dict[str, str]] = {
@@ -55,18 +55,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a tiny shape, to check the script (CPU works)")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument("--out", help="also write the markdown table to this file, row by row")
+    parser.add_argument("--shapes", default="", help="comma-separated shape labels (default: all of the mode's)")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated, of {', '.join(DTYPES)}")
     args = parser.parse_args()
+    shapes = QUICK if args.quick else CANONICAL
+    labels, dnames = split_names(args.shapes) or list(shapes), split_names(args.dtypes)
+    for name, values, known in (("--shapes", labels, shapes), ("--dtypes", dnames, DTYPES)):
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            parser.error(f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    lines = [f"device: {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; median of {args.repeats}",
-             "", "| shape | dtype | pass | " + " | ".join(f"{p} ms" for p in PATHS) + " | best vs loop |",
-             "|---|---|---|" + "---:|" * (len(PATHS) + 1)]
+    table = Table(args.out)
+    table.add(f"device: {name}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; median of {args.repeats}",
+              "", "| shape | dtype | pass | " + " | ".join(f"{p} ms" for p in PATHS) + " | best vs loop |",
+              "|---|---|---|" + "---:|" * (len(PATHS) + 1))
     torch.backends.cudnn.benchmark = True
     old_tf32 = torch.backends.cudnn.allow_tf32
     try:
-        for label, s in (QUICK if args.quick else CANONICAL).items():
-            for dname, (dtype, tf32) in DTYPES.items():
+        for label in labels:
+            s = shapes[label]
+            for dname in dnames:
+                dtype, tf32 = DTYPES[dname]
                 if device.type == "cpu" and dtype != torch.float32:
                     continue
                 torch.backends.cudnn.allow_tf32 = tf32
@@ -82,11 +93,10 @@ def main() -> None:
                         times[path] = f"{t * 1e3:.3f}" if ran else "-"
                         loop = t if path == "loop" else loop
                         best = t if ran and (best is None or t < best) else best
-                    lines.append(f"| {label} {s} | {dname} | {'fwd+bwd' if train else 'fwd'} | "
-                                 + " | ".join(times.values()) + f" | {loop / best:.2f}x |")
+                    table.add(f"| {label} {s} | {dname} | {'fwd+bwd' if train else 'fwd'} | "
+                              + " | ".join(times.values()) + f" | {loop / best:.2f}x |")
     finally:
         torch.backends.cudnn.allow_tf32 = old_tf32
-    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ try:
 except ImportError as e:  # the extension was not built
     _IMPORT_ERROR = e
 
+# Asked once, at import: the op returns a plain bool and has no fake kernel, so calling it while dynamo traces a
+# caller (backend dispatch inside a compiled model) would break the graph, a hard error under fullgraph=True.
+_CUDA_COMPILED = _IMPORT_ERROR is None and bool(torch.ops.deeprnn.cuda_compiled())
+
 CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 CUDA_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -42,8 +46,8 @@ def unavailable_reason() -> str:
 
 
 def cuda_compiled() -> bool:
-    """True when the extension was built with its CUDA kernels."""
-    return is_available() and bool(torch.ops.deeprnn.cuda_compiled())
+    """True when the extension was built with its CUDA kernels (a constant: safe to call while tracing)."""
+    return _CUDA_COMPILED
 
 
 def supports(x: torch.Tensor) -> bool:

@@ -20,15 +20,16 @@ def cbm_forward_fake(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, 
 
 
 def cbm_backward_fake(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge):
-    """Shapes of the six gradients: those of x, weight_r, bias_r (C,), weight_t, bias_t (C,), c0."""
+    """The six gradients, shaped like x, weight_r, bias_r (C,), weight_t, bias_t (C,), c0 and, like every real
+    backward kernel's, contiguous whatever the inputs' layouts (a transposed x, a channels_last c0)."""
     C = weight_r.shape[0]
     return (
-        torch.empty_like(x),
-        torch.empty_like(weight_r),
+        x.new_empty(x.shape),
+        weight_r.new_empty(weight_r.shape),
         weight_r.new_empty(C),
-        torch.empty_like(weight_t),
+        weight_t.new_empty(weight_t.shape),
         weight_t.new_empty(C),
-        torch.empty_like(c0),
+        c0.new_empty(c0.shape),
     )
 
 
@@ -38,13 +39,14 @@ def register_cbm_autograd(forward_op: str, backward_op: Callable) -> None:
     def setup_context(ctx, inputs, output):
         x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge = inputs
         _, c, r = output
+        ctx.mark_non_differentiable(r)  # saved for backward only: a gradient into it would be silently dropped
         ctx.save_for_backward(x, weight_r, weight_t, c0, r, c, td_mask)
         ctx.codes = (act_r, act_t, merge)
         ctx.has_bias = (bias_r is not None, bias_t is not None)
 
     def backward(ctx, grad_o, grad_c, grad_r):
         x, weight_r, weight_t, c0, r, c, td_mask = ctx.saved_tensors
-        # r is saved for backward only; the public API never returns it, so grad_r is always zero. A missing
+        # r is non-differentiable, so grad_r is always None. A missing
         # gradient becomes a broadcast zero and an expanded one (from .sum()) stays expanded: the kernels
         # read strided gradients, so neither costs a (T, B, C, H, W) buffer.
         grad_o = c.new_zeros(()).expand_as(c) if grad_o is None else grad_o

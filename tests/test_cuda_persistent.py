@@ -95,14 +95,21 @@ def test_falls_back_where_it_cannot_run(monkeypatch):
     assert launches() == before
 
 
-def test_deterministic(persistent):
+@pytest.fixture
+def deterministic_cudnn(monkeypatch):
+    """Bitwise comparisons need cuDNN's deterministic algorithms: the weight gradients are cuDNN convolutions."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+
+def test_deterministic(persistent, deterministic_cudnn):
     inputs = make_inputs(T=5, B=2, C_in=4, C=48, H=8, W=8, dtype=torch.float32)
     first, second = run(inputs, "native"), run(inputs, "native")
     for name, a, b in zip(NAMES, first, second):
         assert torch.equal(a, b), name
 
 
-def test_auto_measures_once_and_matches(monkeypatch):
+def test_auto_measures_once_and_matches(monkeypatch, deterministic_cudnn):
     """auto: the first call times both paths (the winner's results stand), later calls repeat the winner."""
     monkeypatch.setenv("DEEPRNN_CUDA_PERSISTENT", "auto")
     inputs = make_inputs(T=6, B=4, C_in=8, C=32, H=14, W=14, dtype=torch.float32)

@@ -41,6 +41,7 @@ def emu(tmp_path_factory):
     so.deeprnn_emulate_forward.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] + \
         [ctypes.c_void_p] * 5
     so.deeprnn_emulate_backward.argtypes = [ctypes.c_int] * 4 + [ctypes.c_void_p] * 9 + [ctypes.c_int64, ctypes.c_void_p]
+    so.deeprnn_strided_layout.argtypes = [ctypes.c_void_p] * 3
     so.deeprnn_persistent_smem_bytes.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     so.deeprnn_persistent_smem_bytes.restype = ctypes.c_int64
     return so
@@ -211,3 +212,52 @@ def test_shared_memory_budget(emu):
     assert emu.deeprnn_persistent_smem_bytes(2, 1, dims) <= budget  # bf16 / fp16
     assert emu.deeprnn_persistent_smem_bytes(8, 0, _dims(16, 16, 64, 28, 28, 3, "relu", "sigmoid", "mul")) <= budget
     assert emu.deeprnn_persistent_smem_bytes(4, 0, _dims(16, 16, 512, 7, 7, 3, "relu", "sigmoid", "mul")) > budget
+
+
+def _layout(emu, t: torch.Tensor):
+    """persistent_tile.h strided_layout of t: (s_t, s_b, s_e), or None when the kernels need a copy."""
+    sizes, strides, out = (ctypes.c_int64 * 5)(*t.shape), (ctypes.c_int64 * 5)(*t.stride()), (ctypes.c_int64 * 3)()
+    ok = emu.deeprnn_strided_layout(ctypes.cast(sizes, ctypes.c_void_p), ctypes.cast(strides, ctypes.c_void_p),
+                                    ctypes.cast(out, ctypes.c_void_p))
+    return tuple(out) if ok else None
+
+
+def _odd_size1_strides(shape, seed):
+    """A contiguous tensor of `shape` whose size-1 dims carry arbitrary strides (torch still calls it contiguous)."""
+    base = torch.arange(float(torch.Size(shape).numel()), dtype=torch.float64)
+    strides = list(torch.empty(shape).stride())
+    g = torch.Generator().manual_seed(seed)
+    for d, n in enumerate(shape):
+        if n == 1:
+            strides[d] = int(torch.randint(2, 1000, (1,), generator=g))
+    t = base.as_strided(shape, strides)
+    assert t.is_contiguous()
+    return t
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 4, 5, 6), (1, 2, 4, 1, 6), (2, 3, 1, 4, 1), (1, 1, 1, 1, 1), (2, 2, 3, 1, 1)])
+def test_strided_layout_reads_every_contiguous_gradient(emu, shape):
+    """The layout the backward kernels read a gradient with addresses exactly that gradient's elements, also when
+    torch calls it contiguous although a size-1 dim has an odd stride (before, such a gradient was refused, then
+    refused again after .contiguous(), which returns it unchanged: an empty optional was dereferenced)."""
+    for g in (_odd_size1_strides(shape, 0), torch.randn(shape).transpose(0, 1).contiguous().transpose(0, 1)):
+        layout = _layout(emu, g)
+        assert layout is not None, (g.shape, g.stride())
+        s_t, s_b, s_e = layout
+        assert s_e == 1
+        T, B = g.shape[:2]
+        n = g[0, 0].numel()
+        flat = g.as_strided((g.untyped_storage().nbytes() // g.element_size(),), (1,), 0)
+        for t in range(T):
+            for b in range(B):
+                start = g.storage_offset() + t * s_t + b * s_b
+                assert torch.equal(flat[start:start + n], g[t, b].flatten()), (t, b)
+
+
+def test_strided_layout_refuses_or_broadcasts(emu):
+    """Images that are not contiguous (C, H, W) blocks need a copy; an expanded scalar is read as one value."""
+    assert _layout(emu, torch.randn(2, 3, 4, 5, 6).transpose(3, 4)) is None
+    assert _layout(emu, torch.randn(2, 3, 4, 5, 6)[:, :, ::2]) is None
+    assert _layout(emu, torch.randn(2, 3, 4, 1, 6).expand(2, 3, 4, 5, 6)) is None
+    assert _layout(emu, torch.zeros(()).expand(2, 3, 4, 5, 6)) == (0, 0, 0)
+    assert _layout(emu, torch.randn(1, 1, 4, 5, 6).expand(2, 3, 4, 5, 6)) == (0, 0, 1)

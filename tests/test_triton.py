@@ -214,6 +214,25 @@ def test_autotuned_launch_path(monkeypatch, mode):
         assert cfg.kwargs.get("BLOCK_K", 16) <= 32  # pruned to the channel count (C=20)
 
 
+def test_autotune_config_cap(monkeypatch):
+    """DEEPRNN_TRITON_MAX_CONFIGS bounds what autotuning compiles per shape: the first N configurations that fit
+    the shape, in the listed order; unset means every fitting one; a bad value is refused by name."""
+    from deeprnn_cuda.triton import kernels
+
+    args = dict(C=64, B=2, H=16, W=16)
+    monkeypatch.delenv("DEEPRNN_TRITON_MAX_CONFIGS", raising=False)
+    every_step = kernels._prune_step(kernels._step_configs(), args)
+    every_seq = kernels._prune_seq(kernels._seq_configs(), args)
+    assert len(every_step) > 2 and len(every_seq) > 2
+    monkeypatch.setenv("DEEPRNN_TRITON_MAX_CONFIGS", "2")
+    assert kernels._prune_step(kernels._step_configs(), args) == every_step[:2]
+    assert kernels._prune_seq(kernels._seq_configs(), args) == every_seq[:2]
+    assert all(c.kwargs["BLOCK_N"] <= 64 for c in every_step)  # the cap applies after pruning by shape
+    monkeypatch.setenv("DEEPRNN_TRITON_MAX_CONFIGS", "two")
+    with pytest.raises(ValueError, match="DEEPRNN_TRITON_MAX_CONFIGS"):
+        kernels._prune_seq(kernels._seq_configs(), args)
+
+
 def test_supports_and_backend_selection():
     x = torch.zeros(1, 1, 1, 2, 2, device=DEVICE)
     assert tb.supports(x)
@@ -352,6 +371,7 @@ CANONICAL = [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]
 
 
 @needs_cuda
+@pytest.mark.slow  # each shape and dtype autotunes (cold compiles): the GPU session's second part runs these
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("C,H,W", CANONICAL, ids=[f"{c}x{h}" for c, h, _ in CANONICAL])
 def test_cuda_canonical_shapes(C, H, W, dtype):

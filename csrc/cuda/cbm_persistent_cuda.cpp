@@ -65,23 +65,21 @@ bool image_strided(const Tensor& t) {
   return t.stride(4) == 1 && t.stride(3) == t.size(4) && t.stride(2) == HW && t.stride(0) == t.size(1) * t.stride(1);
 }
 
-// How the backward epilogue reads a gradient (persistent_tile.h Strided); nullopt when it needs a copy.
+// How the backward epilogue reads a gradient (persistent_tile.h strided_layout); nullopt when it needs a copy.
 std::optional<pk::Strided> strided(const Tensor& g) {
-  bool all_zero = true;
-  for (int64_t s : g.strides()) all_zero = all_zero && s == 0;
-  if (all_zero) return pk::Strided{g.const_data_ptr(), 0, 0, 0};
-  const int64_t HW = g.size(3) * g.size(4);
-  if (g.stride(4) == 1 && g.stride(3) == g.size(4) && g.stride(2) == HW) {
-    return pk::Strided{g.const_data_ptr(), g.stride(0), g.stride(1), 1};
-  }
-  return std::nullopt;
+  pk::Strided view{};
+  if (!pk::strided_layout(g.const_data_ptr(), g.sizes().data(), g.strides().data(), &view)) return std::nullopt;
+  return view;
 }
 
-// strided(g), or, when g's layout needs a copy, strided() of a contiguous copy kept alive in `copy`.
+// strided(g), or, when g's layout needs a copy, strided() of a contiguous copy kept alive in `copy` (a contiguous
+// tensor always has a strided_layout, whatever the strides of its size-1 dims).
 pk::Strided strided_or_copy(const Tensor& g, Tensor& copy) {
   if (const auto view = strided(g)) return *view;
-  copy = g.contiguous();
-  return *strided(copy);
+  copy = g.clone(at::MemoryFormat::Contiguous);
+  const auto view = strided(copy);
+  TORCH_INTERNAL_ASSERT(view.has_value(), "a contiguous gradient must have a strided layout");
+  return *view;
 }
 
 // Per-shape choices of the auto mode: key -> persistent faster.

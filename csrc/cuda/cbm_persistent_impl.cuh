@@ -9,6 +9,7 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <mutex>
 #include <type_traits>
 
 #include "cbm_persistent.h"
@@ -125,6 +126,22 @@ void dispatch(DType dtype, bool allow_tf32, const Problem& p, F&& fn) {
   }
 }
 
+// Raises the kernel's dynamic shared-memory limit on device dev to the device's opt-in maximum, once per kernel and
+// device: a per-call value would race between host threads planning different shapes (one thread's smaller limit
+// landing between another's planning and launch). Returns the status of that one call.
+template <typename Tr, typename M, typename Args>
+cudaError_t opt_in_max_smem(int dev, int max_smem) {
+  constexpr int kMaxDevices = 64;
+  static std::once_flag once[kMaxDevices];
+  static cudaError_t status[kMaxDevices];
+  if (dev < 0 || dev >= kMaxDevices) return cudaErrorInvalidDevice;
+  std::call_once(once[dev], [&] {
+    status[dev] = cudaFuncSetAttribute(reinterpret_cast<const void*>(&recurrence_kernel<Tr, M, Args>),
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem);
+  });
+  return status[dev];
+}
+
 // Grid and shared memory for the kernel of Args on the current device (see plan_forward in cbm_persistent.h).
 template <typename Args>
 bool plan(DType dtype, bool allow_tf32, const Problem& p, Plan* out) {
@@ -144,8 +161,7 @@ bool plan(DType dtype, bool allow_tf32, const Problem& p, Plan* out) {
     const void* kernel = reinterpret_cast<const void*>(&recurrence_kernel<Tr, M, Args>);
     const Layout L = layout(p, int(sizeof(typename Tr::storage)), M::kTensorCores);
     int per_sm = 0;
-    if (!coop || L.bytes > max_smem ||
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(L.bytes)) != cudaSuccess ||
+    if (!coop || L.bytes > max_smem || opt_in_max_smem<Tr, M, Args>(dev, max_smem) != cudaSuccess ||
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, size_t(L.bytes)) != cudaSuccess) {
       (void)cudaGetLastError();
       return;

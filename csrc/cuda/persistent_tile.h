@@ -82,6 +82,26 @@ struct Strided {
   int64_t s_t, s_b, s_e;
 };
 
+// How the backward epilogue can read a (T, B, C, H, W) gradient with these sizes and strides: true (and *out
+// filled) for a broadcast scalar (every stride 0) or a contiguous (C, H, W) block per image with any step and batch
+// strides. A dimension of size 1 is never indexed past 0, so its stride does not matter (torch calls such a tensor
+// contiguous whatever that stride is). Host-only: the caller decides once per launch.
+inline bool strided_layout(const void* ptr, const int64_t* sizes, const int64_t* strides, Strided* out) {
+  bool all_zero = true;
+  for (int d = 0; d < 5; ++d) all_zero = all_zero && strides[d] == 0;
+  if (all_zero) {
+    *out = Strided{ptr, 0, 0, 0};
+    return true;
+  }
+  int64_t expected = 1;  // the contiguous stride of dims 4, 3, 2 in turn
+  for (int d = 4; d >= 2; --d) {
+    if (sizes[d] > 1 && strides[d] != expected) return false;
+    expected *= sizes[d];
+  }
+  *out = Strided{ptr, sizes[0] > 1 ? strides[0] : 0, sizes[1] > 1 ? strides[1] : 0, 1};
+  return true;
+}
+
 // Backward: dG and dP_r image (t, b) at (t * B + b) * s_dp (channel slices of one (T*B, 2C, H, W) buffer);
 // dc0 is (B, C, H, W); r, c are (T, B, C, H, W). wp: [KS*KS][C_out][C_in] (the transposed convolution).
 struct BackwardArgs {

@@ -281,6 +281,25 @@ def _step_configs():
     return cfgs
 
 
+def max_configs() -> int:
+    """``DEEPRNN_TRITON_MAX_CONFIGS``: how many of each kernel's autotune configurations (after pruning by shape,
+    in the listed order) to compile and time per shape; unset or 0 means all. Each configuration costs a cold
+    compile (seconds) per shape and dtype, so a short GPU session caps it."""
+    value = os.environ.get("DEEPRNN_TRITON_MAX_CONFIGS", "").strip()
+    try:
+        n = int(value) if value else 0
+    except ValueError:
+        raise ValueError(f"DEEPRNN_TRITON_MAX_CONFIGS must be an integer, got {value!r}") from None
+    if n < 0:
+        raise ValueError(f"DEEPRNN_TRITON_MAX_CONFIGS must be >= 0, got {n}")
+    return n
+
+
+def _capped(configs):
+    n = max_configs()
+    return configs[:n] if n else configs
+
+
 def _prune_step(configs, named_args, **kwargs):
     C = named_args["C"]
     rows = named_args["B"] * named_args["H"] * named_args["W"]  # the M dimension of one step's GEMM
@@ -289,7 +308,7 @@ def _prune_step(configs, named_args, **kwargs):
             if c.kwargs["BLOCK_N"] <= cap_n and c.kwargs["BLOCK_K"] <= cap_k and c.kwargs["BLOCK_M"] <= cap_m]
     if not kept:
         kept = [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
-    return kept
+    return _capped(kept)
 
 
 def _seq_configs():
@@ -303,7 +322,7 @@ def _seq_configs():
 def _prune_seq(configs, named_args, **kwargs):
     cap_k = max(16, _np2(named_args["C"]))
     kept = [c for c in configs if c.kwargs["BLOCK_K"] <= cap_k]
-    return kept or configs[:1]
+    return _capped(kept or configs[:1])
 
 
 _KEY = ["C", "H", "W", "B", "KS", "PREC"]  # autotune cache key (Triton adds the pointer dtypes)
@@ -432,44 +451,54 @@ def backward_recurrence(grad_o, grad_c, c, r, w_tc, dg, dpr, dc0, act_r, act_t, 
 # ----------------------------------------------------------------------------------------------
 
 
+_KERNELS_BY_NAME = {"fwd_step": _fwd_step_kernel, "fwd_seq": _fwd_seq_kernel,
+                    "bwd_step": _bwd_step_kernel, "bwd_seq": _bwd_seq_kernel}
+
+
+def compile_for(name: str, dt: str, prec: str, config=None, capability: int = 90):
+    """Compile kernel ``name`` (``fwd_step``, ``fwd_seq``, ``bwd_step``, ``bwd_seq``) for pointers of Triton type
+    ``dt`` (``fp32``, ``bf16``, ``fp16``) and dot precision ``prec`` with the tile sizes, warps and stages of
+    ``config`` (a ``triton.Config``; default: 64 x 64 x 32, 4 warps, 3 stages) to a cubin for
+    ``sm_<capability>``, without a GPU (Triton and its bundled ptxas). Returns the compiled kernel."""
+    if INTERPRET:
+        raise RuntimeError("compiling needs TRITON_INTERPRET unset (the interpreter has no compiler)")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = _KERNELS_BY_NAME[name]
+    blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
+    blocks.update(config.kwargs if config is not None else {})
+    consts = dict(KS=3, ACT_R=2, ACT_T=0, MERGE=0, PREC=prec, **blocks)
+    if name == "bwd_step":
+        consts["FINAL"] = False
+    pointer_args = {"c0", "pr", "px", "wf", "c_out", "o_out", "r_out",
+                    "go", "gc", "c_ptr", "r_ptr", "wb", "dg", "dpr", "dc0"}
+    signature = {}
+    for arg in fn.arg_names:
+        if arg in consts:
+            signature[arg] = "constexpr"
+        elif arg in pointer_args:
+            signature[arg] = "*fp32" if arg == "dg" else "*" + dt  # dG is float32 whatever the activations' dtype
+        else:
+            signature[arg] = "i32"
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names}
+    options = {"num_warps": config.num_warps if config is not None else 4,
+               "num_stages": config.num_stages if config is not None else 3}
+    compiled = triton.compile(ASTSource(fn, signature, constexprs=consts),
+                              target=GPUTarget("cuda", capability, 32), options=options)
+    assert "cubin" in compiled.asm
+    return compiled
+
+
 def compile_check(capability: int = 90, cases=None):
-    """Compile the kernels to a cubin for ``sm_<capability>`` without a GPU (Triton + its bundled ptxas).
+    """Compile the kernels to a cubin for ``sm_<capability>`` without a GPU (see :func:`compile_for`).
 
     The interpreter never runs Triton's compiler, so CI uses this (in a process without
     ``TRITON_INTERPRET``) to catch compile-mode errors. ``cases``: ``(kernel name, pointer dtype, PREC)``
     tuples; returns ``{label: shared memory bytes}``.
     """
-    if INTERPRET:
-        raise RuntimeError("compile_check needs TRITON_INTERPRET unset (the interpreter has no compiler)")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    kernels = {"fwd_step": _fwd_step_kernel, "fwd_seq": _fwd_seq_kernel,
-               "bwd_step": _bwd_step_kernel, "bwd_seq": _bwd_seq_kernel}
     if cases is None:
         cases = [("fwd_step", "fp32", "tf32"), ("bwd_step", "fp32", "ieee"),
                  ("fwd_seq", "bf16", "ieee"), ("bwd_seq", "fp16", "ieee")]
-    target = GPUTarget("cuda", capability, 32)
-    out = {}
-    for name, dt, prec in cases:
-        fn = kernels[name]
-        consts = dict(KS=3, ACT_R=2, ACT_T=0, MERGE=0, PREC=prec, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
-        if name == "bwd_step":
-            consts["FINAL"] = False
-        ptr = "*" + dt
-        float_ptrs = {"dg"}  # dG is float32 whatever the activations' dtype
-        pointer_args = {"c0", "pr", "px", "wf", "c_out", "o_out", "r_out",
-                        "go", "gc", "c_ptr", "r_ptr", "wb", "dg", "dpr", "dc0"}
-        signature = {}
-        for arg in fn.arg_names:
-            if arg in consts:
-                signature[arg] = "constexpr"
-            elif arg in pointer_args:
-                signature[arg] = "*fp32" if arg in float_ptrs else ptr
-            else:
-                signature[arg] = "i32"
-        compiled = triton.compile(ASTSource(fn, signature, constexprs=consts), target=target,
-                                  options={"num_warps": 4, "num_stages": 3})
-        assert "cubin" in compiled.asm
-        out[f"{name}/{dt}/{prec}"] = compiled.metadata.shared
-    return out
+    return {f"{name}/{dt}/{prec}": compile_for(name, dt, prec, capability=capability).metadata.shared
+            for name, dt, prec in cases}

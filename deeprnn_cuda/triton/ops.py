@@ -16,7 +16,8 @@ What runs where:
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import contextlib
+from typing import ContextManager, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,12 @@ def _input_projection(x, weight_r, bias_r, weight_t, bias_t):
     return p_r, p_x, C * H * W, C * H * W
 
 
+def device_guard(t: Tensor) -> ContextManager:
+    """Make ``t``'s GPU the current device: Triton launches (and picks its stream) on the current device, so a
+    tensor on ``cuda:1`` while ``cuda:0`` is current would otherwise be read from the wrong GPU."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 @torch.library.custom_op("deeprnn_triton::cbm_forward", mutates_args=())
 def cbm_forward(
     x: Tensor,
@@ -68,6 +75,11 @@ def cbm_forward(
     merge: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """CBM forward over the sequence: returns ``(o, c, r)``, each ``(T, B, C, H, W)``."""
+    with device_guard(x):
+        return _forward(x, weight_r, bias_r, weight_t, bias_t, c0, act_r, act_t, merge)
+
+
+def _forward(x, weight_r, bias_r, weight_t, bias_t, c0, act_r, act_t, merge):
     T, B, C_in, H, W = x.shape
     C = weight_r.shape[0]
     x = x.contiguous()
@@ -108,6 +120,11 @@ def cbm_backward(
     merge: int,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients ``(dx, dW_r, db_r, dW_t, db_t, dc0)`` of the CBM layer (TD cuts only ``dx``'s T path)."""
+    with device_guard(x):
+        return _backward(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge)
+
+
+def _backward(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge):
     T, B, C_in, H, W = x.shape
     C = weight_r.shape[0]
     x = x.contiguous()
@@ -137,7 +154,8 @@ def cbm_backward(
                                   [False, True, False])[1]
     dw_t = torch.cat([dw_tx, dw_tc], 1)
     dx = (dx_r + dx_t).view(T, B, C_in, H, W)
-    return dx, dw_r, db_r, dw_t, db_t, dc0
+    # Contiguous, as the fake kernel says (a weight's own layout can carry into convolution_backward's result).
+    return dx, dw_r.contiguous(), db_r, dw_t, db_t, dc0
 
 
 cbm_backward.register_fake(cbm_backward_fake)

@@ -168,6 +168,16 @@ int deeprnn_emulate_backward(int dtype, int mma, int grid, int reverse, const in
   });
 }
 
+// strided_layout for a (T, B, C, H, W) gradient: 1 with out = (s_t, s_b, s_e) when the kernels read it in place.
+int deeprnn_strided_layout(const int64_t* sizes, const int64_t* strides, int64_t* out) {
+  Strided view{};
+  if (!strided_layout(nullptr, sizes, strides, &view)) return 0;
+  out[0] = view.s_t;
+  out[1] = view.s_b;
+  out[2] = view.s_e;
+  return 1;
+}
+
 // Layout::bytes for dims in dtype (element size) with or without the MMA tile (what the GPU must provide).
 int64_t deeprnn_persistent_smem_bytes(int elem_bytes, int mma, const int* dims) {
   return layout(problem(dims), elem_bytes, mma != 0).bytes;
