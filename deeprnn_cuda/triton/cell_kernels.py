@@ -548,3 +548,48 @@ def gru_backward(grad_h, h, h0, saved, w_h, dp, dh0):
         for phase in (0, 1):
             L.gru_bwd_step[grid](t, T, B, C, H, W, *args, PHASE=phase, **common, **blocks)
     L.gru_bwd_step[grid](0, T, B, C, H, W, *args, PHASE=2, **common, **blocks)
+
+
+# ----------------------------------------------------------------------------------------------
+# ahead-of-time compile check (no GPU needed)
+# ----------------------------------------------------------------------------------------------
+
+#: the backward buffers, float32 whatever the activations' dtype (float64 needs no compile check: the GPU
+#: path does not take float64)
+_STATE_POINTERS = {"da", "dc_even", "dc_odd", "dp", "dhz", "carry"}
+_POINTERS = _STATE_POINTERS | {"h0", "c0", "p", "wf", "wb", "wzr", "wn", "h_out", "c_out", "gates", "saved",
+                               "gh", "gc", "c_ptr", "h_ptr", "dh0"}
+
+
+def compile_check(capability: int = 90, cases=None):
+    """Compile the cell kernels to a cubin for ``sm_<capability>`` without a GPU, like
+    :func:`.kernels.compile_check` (run without ``TRITON_INTERPRET``). ``cases``: ``(kernel name, pointer
+    dtype, PREC, extra constexprs)`` tuples; returns ``{label: shared memory bytes}``."""
+    if INTERPRET:
+        raise RuntimeError("compile_check needs TRITON_INTERPRET unset (the interpreter has no compiler)")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if cases is None:
+        cases = [("lstm_fwd_step", "fp32", "tf32", {}), ("lstm_bwd_step", "fp32", "ieee", {"FINAL": False}),
+                 ("lstm_fwd_seq", "bf16", "ieee", {}), ("lstm_bwd_seq", "fp16", "ieee", {}),
+                 ("gru_fwd_step", "bf16", "ieee", {"PHASE": 1}), ("gru_bwd_step", "fp32", "tf32", {"PHASE": 0}),
+                 ("gru_fwd_seq", "fp32", "ieee", {}), ("gru_bwd_seq", "bf16", "ieee", {})]
+    target = GPUTarget("cuda", capability, 32)
+    out = {}
+    for name, dt, prec, extra in cases:
+        fn = globals()[f"_{name}_kernel"]
+        consts = dict(KS=3, F64=False, PREC=prec, BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, **extra)
+        signature = {}
+        for arg in fn.arg_names:
+            if arg in consts:
+                signature[arg] = "constexpr"
+            elif arg in _POINTERS:
+                signature[arg] = "*fp32" if arg in _STATE_POINTERS else "*" + dt
+            else:
+                signature[arg] = "i32"
+        compiled = triton.compile(ASTSource(fn, signature, constexprs=consts), target=target,
+                                  options={"num_warps": 4, "num_stages": 3})
+        assert "cubin" in compiled.asm
+        out[f"{name}/{dt}/{prec}"] = compiled.metadata.shared
+    return out
