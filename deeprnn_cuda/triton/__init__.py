@@ -64,6 +64,11 @@ def triton_version() -> str:
     return getattr(_triton_pkg, "__version__", "") if _triton_pkg is not None else ""
 
 
+def _require() -> None:
+    if not is_available():
+        raise RuntimeError(f"backend='triton' is not available: {unavailable_reason()}")
+
+
 def interpreter_active() -> bool:
     """True when the kernels were defined under ``TRITON_INTERPRET=1`` (they then run on CPU tensors)."""
     return is_available() and _kernels.INTERPRET
@@ -88,8 +93,7 @@ def cell_supports(x: torch.Tensor) -> bool:
 def set_mode(mode: str) -> str:
     """Force the launch strategy of every cell's kernels: ``"auto"`` (by shape), ``"single"`` (a launch per
     step) or ``"multi"`` (one launch for all steps); returns the previous mode."""
-    if not is_available():
-        raise RuntimeError(f"backend='triton' is not available: {unavailable_reason()}")
+    _require()
     return _kernels.set_mode(mode)
 
 
@@ -107,18 +111,12 @@ def cbm_layer_triton(
     merge: str = "mul",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The CBM layer on the Triton ops; same contract as :func:`deeprnn_cuda.reference.cbm_layer_ref`."""
-    if not is_available():
-        raise RuntimeError(f"backend='triton' is not available: {unavailable_reason()}")
+    _require()
     o, c, _ = torch.ops.deeprnn_triton.cbm_forward(
         x, weight_r, bias_r, weight_t, bias_t, c0, td_mask,
         ACT_R_CODES[act_r], ACT_T_CODES[act_t], MERGE_CODES[merge],
     )
     return o, c
-
-
-def _require() -> None:
-    if not is_available():
-        raise RuntimeError(f"backend='triton' is not available: {unavailable_reason()}")
 
 
 def convlstm_layer_triton(

@@ -433,8 +433,8 @@ def _prune_cells(configs, named_args, **kwargs):
 class CellLaunchers:
     """The eight kernels as launched: autotuned over :mod:`.kernels`' configurations (GPU) or plain
     (interpreter). ``do_bench`` replaces Triton's GPU timer (tests drive the autotuned path on the CPU).
-    Every kernel is idempotent (no buffer is both read and written in one launch), as autotuning's
-    repeated runs require."""
+    Autotuning reruns a launch: no launch reads an element that it writes, so reruns give the same result
+    (the first launch of a GRU backward phase-0 key is at ``t = T - 1``, which reads no carry)."""
 
     NAMES = ("lstm_fwd_step", "lstm_fwd_seq", "lstm_bwd_step", "lstm_bwd_seq",
              "gru_fwd_step", "gru_fwd_seq", "gru_bwd_step", "gru_bwd_seq")
