@@ -108,7 +108,8 @@ def forward_and_grads(layer, args, weights):
     leaves = [a.detach().clone().requires_grad_() if a is not None else None for a in args]
     outs = layer(*leaves)
     outs = outs if isinstance(outs, tuple) else (outs,)
-    loss = sum((o.float() * w.float()).sum() for o, w in zip(outs, weights) if w is not None)
+    acc = torch.float64 if args[0].dtype == torch.float64 else torch.float32
+    loss = sum((o.to(acc) * w.to(acc)).sum() for o, w in zip(outs, weights) if w is not None)
     present = [leaf for leaf in leaves if leaf is not None]
     grads = iter(torch.autograd.grad(loss, present))
     return [o.detach() for o in outs], [next(grads) if leaf is not None else None for leaf in leaves]
