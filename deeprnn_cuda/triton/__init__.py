@@ -7,7 +7,8 @@ Triton is optional: when it cannot be imported, :func:`is_available` is False,
 Where it runs: CUDA tensors when a GPU is present; CPU tensors only under the Triton interpreter
 (``TRITON_INTERPRET=1`` set before this module was imported, as ``tests/conftest.py`` does), which is how
 CI tests the kernels. Layout of the package: :mod:`.kernels` (the ``@triton.jit`` kernels and their
-launchers), :mod:`.ops` (the ``deeprnn_triton::`` custom ops, fake kernels and autograd).
+launchers), :mod:`.ops` (the ``deeprnn_triton::`` custom ops, fake kernels and autograd); the same pair
+for the ConvLSTM and ConvGRU cells in :mod:`.cell_kernels` and :mod:`.cell_ops`.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ if _IMPORT_ERROR is None:
     try:
         from . import kernels as _kernels
         from . import ops as _ops  # noqa: F401  (importing registers the deeprnn_triton:: ops)
+        from . import cell_ops as _cell_ops  # noqa: F401
     except Exception as e:  # e.g. a Triton too old for these kernels
         _IMPORT_ERROR = e
 
@@ -38,6 +40,9 @@ if _IMPORT_ERROR is None:
 CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 #: the interpreter has no bfloat16 math
 INTERPRETER_DTYPES = (torch.float32, torch.float16)
+#: the ConvLSTM/ConvGRU kernels also do float64 (float64 state math) under the interpreter; on a GPU they
+#: take the CBM kernels' dtypes (float64 ``tl.dot`` there is untested)
+CELL_INTERPRETER_DTYPES = INTERPRETER_DTYPES + (torch.float64,)
 
 
 def is_available() -> bool:
@@ -59,6 +64,11 @@ def triton_version() -> str:
     return getattr(_triton_pkg, "__version__", "") if _triton_pkg is not None else ""
 
 
+def _require() -> None:
+    if not is_available():
+        raise RuntimeError(f"backend='triton' is not available: {unavailable_reason()}")
+
+
 def interpreter_active() -> bool:
     """True when the kernels were defined under ``TRITON_INTERPRET=1`` (they then run on CPU tensors)."""
     return is_available() and _kernels.INTERPRET
@@ -73,11 +83,17 @@ def supports(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" and torch.cuda.is_available() and x.dtype in CUDA_DTYPES
 
 
+def cell_supports(x: torch.Tensor) -> bool:
+    """Whether the ConvLSTM/ConvGRU kernels handle ``x``'s device and dtype here."""
+    if is_available() and _kernels.INTERPRET:
+        return x.device.type == "cpu" and x.dtype in CELL_INTERPRETER_DTYPES
+    return supports(x)
+
+
 def set_mode(mode: str) -> str:
-    """Force the launch strategy: ``"auto"`` (by shape), ``"single"`` (a launch per step) or
-    ``"multi"`` (one launch for all steps); returns the previous mode."""
-    if not is_available():
-        raise RuntimeError(f"backend='triton' is not available: {unavailable_reason()}")
+    """Force the launch strategy of every cell's kernels: ``"auto"`` (by shape), ``"single"`` (a launch per
+    step) or ``"multi"`` (one launch for all steps); returns the previous mode."""
+    _require()
     return _kernels.set_mode(mode)
 
 
@@ -95,10 +111,42 @@ def cbm_layer_triton(
     merge: str = "mul",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The CBM layer on the Triton ops; same contract as :func:`deeprnn_cuda.reference.cbm_layer_ref`."""
-    if not is_available():
-        raise RuntimeError(f"backend='triton' is not available: {unavailable_reason()}")
+    _require()
     o, c, _ = torch.ops.deeprnn_triton.cbm_forward(
         x, weight_r, bias_r, weight_t, bias_t, c0, td_mask,
         ACT_R_CODES[act_r], ACT_T_CODES[act_t], MERGE_CODES[merge],
     )
     return o, c
+
+
+def convlstm_layer_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ConvLSTM layer on the Triton ops: ``(h, c)``, each ``(T, B, C, H, W)``.
+
+    Same contract as the reference ``convlstm_layer_ref``: validated arguments, ``h0``/``c0`` materialized.
+    """
+    _require()
+    h, c, _ = torch.ops.deeprnn_triton.convlstm_forward(x, weight, bias, h0, c0)
+    return h, c
+
+
+def convgru_layer_triton(
+    x: torch.Tensor,
+    weight_x: torch.Tensor,
+    bias_x: Optional[torch.Tensor],
+    weight_h: torch.Tensor,
+    bias_h: Optional[torch.Tensor],
+    h0: torch.Tensor,
+) -> torch.Tensor:
+    """The ConvGRU layer on the Triton ops: ``h`` of shape ``(T, B, C, H, W)``.
+
+    Same contract as the reference ``convgru_layer_ref``: validated arguments, ``h0`` materialized.
+    """
+    _require()
+    h, _ = torch.ops.deeprnn_triton.convgru_forward(x, weight_x, bias_x, weight_h, bias_h, h0)
+    return h
