@@ -10,42 +10,19 @@ gate activations; the GRU's z, r, n and ``r * h_{t-1}``); the public functions d
 """
 from __future__ import annotations
 
-import contextlib
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import cell_kernels
-
-
-def _on_device(x: Tensor):
-    """Launch on ``x``'s GPU, whichever is current."""
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+from .ops import conv_bwd, device_guard, recurrent_weight_grad
 
 
 def _state_dtype(x: Tensor) -> torch.dtype:
     """The kernels' state math and backward buffers: float64 for float64, float32 otherwise."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _conv_bwd(grad: Tensor, inp: Tensor, weight: Tensor, bias: bool, mask: List[bool]):
-    k = weight.shape[-1]
-    return torch.ops.aten.convolution_backward(
-        grad, inp, weight, [weight.shape[0]] if bias else None,
-        [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1, mask,
-    )
-
-
-def _recurrent_weight_grad(d: Tensor, h0: Tensor, h: Tensor, weight: Tensor) -> Tensor:
-    """``dW`` of ``conv(h_{t-1}, weight)`` summed over steps, from ``d`` (T*B images): ``h_{t-1}`` is
-    ``h0`` for the first step and ``h[:-1]`` after it (no concatenated copy)."""
-    T, B, C, H, W = h.shape
-    dw = _conv_bwd(d[:B], h0, weight, False, [False, True, False])[1]
-    if T > 1:
-        dw = dw + _conv_bwd(d[B:], h[:-1].reshape((T - 1) * B, C, H, W), weight, False, [False, True, False])[1]
-    return dw
 
 
 # ------------------------------------------------------------------------------------------------
@@ -65,7 +42,7 @@ def convlstm_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tens
     gates = x.new_empty(T, B, 4 * C, H, W)
     if T == 0:
         return h, c, gates
-    with _on_device(x):
+    with device_guard(x):
         k = weight.shape[-1]
         p = F.conv2d(x.contiguous().view(T * B, C_in, H, W), weight[:, :C_in], bias, padding=k // 2)
         cell_kernels.lstm_forward(p.contiguous(), weight[:, C_in:], h0.contiguous(), c0.contiguous(), h, c, gates)
@@ -88,7 +65,7 @@ def convlstm_backward(grad_h: Tensor, grad_c: Tensor, x: Tensor, weight: Tensor,
     if T == 0:
         return (x.new_zeros(x.shape), weight.new_zeros(weight.shape), weight.new_zeros(4 * C),
                 h0.new_zeros(h0.shape), c0.new_zeros(c0.shape))
-    with _on_device(x):
+    with device_guard(x):
         h0, c0 = h0.contiguous(), c0.contiguous()
         da = torch.empty(T, B, 4 * C, H, W, device=x.device, dtype=_state_dtype(x))
         dh0 = torch.empty_like(h0)
@@ -98,8 +75,8 @@ def convlstm_backward(grad_h: Tensor, grad_c: Tensor, x: Tensor, weight: Tensor,
         dax = da.to(x.dtype).view(T * B, 4 * C, H, W)
         w_x = weight[:, :C_in].contiguous()
         xf = x.contiguous().view(T * B, C_in, H, W)
-        dx, dw_x, db = _conv_bwd(dax, xf, w_x, True, [True, True, True])
-        dw_h = _recurrent_weight_grad(dax, h0, h.contiguous(), weight[:, C_in:].contiguous())
+        dx, dw_x, db = conv_bwd(dax, xf, w_x, True, [True, True, True])
+        dw_h = recurrent_weight_grad(dax, h0, h.contiguous(), weight[:, C_in:].contiguous())
         dw = torch.cat([dw_x, dw_h], 1)
     return dx.contiguous().view(x.shape), dw, db, dh0, dc0.to(x.dtype)
 
@@ -155,7 +132,7 @@ def convgru_forward(x: Tensor, weight_x: Tensor, bias_x: Optional[Tensor], weigh
     saved = x.new_empty(T, B, 4 * C, H, W)
     if T == 0:
         return h, saved
-    with _on_device(x):
+    with device_guard(x):
         k = weight_x.shape[-1]
         p = F.conv2d(x.contiguous().view(T * B, C_in, H, W), weight_x, _gru_bias(bias_x, bias_h),
                      padding=k // 2)
@@ -180,17 +157,17 @@ def convgru_backward(grad_h: Tensor, x: Tensor, weight_x: Tensor, weight_h: Tens
     if T == 0:
         return (x.new_zeros(x.shape), weight_x.new_zeros(weight_x.shape), weight_x.new_zeros(3 * C),
                 weight_h.new_zeros(weight_h.shape), weight_h.new_zeros(3 * C), h0.new_zeros(h0.shape))
-    with _on_device(x):
+    with device_guard(x):
         h0, h, saved = h0.contiguous(), h.contiguous(), saved.contiguous()
         dp = torch.empty(T, B, 3 * C, H, W, device=x.device, dtype=_state_dtype(x))
         dh0 = torch.empty_like(h0)
         cell_kernels.gru_backward(grad_h.contiguous(), h, h0, saved, weight_h, dp, dh0)
         dpx = dp.to(x.dtype).view(T * B, 3 * C, H, W)
         xf = x.contiguous().view(T * B, C_in, H, W)
-        dx, dw_x, db = _conv_bwd(dpx, xf, weight_x.contiguous(), True, [True, True, True])
-        dw_zr = _recurrent_weight_grad(dpx[:, :2 * C], h0, h, weight_h[:2 * C].contiguous())
+        dx, dw_x, db = conv_bwd(dpx, xf, weight_x.contiguous(), True, [True, True, True])
+        dw_zr = recurrent_weight_grad(dpx[:, :2 * C], h0, h, weight_h[:2 * C].contiguous())
         q = saved[:, :, 3 * C:].reshape(T * B, C, H, W)  # r * h_{t-1}
-        dw_n = _conv_bwd(dpx[:, 2 * C:], q, weight_h[2 * C:].contiguous(), False, [False, True, False])[1]
+        dw_n = conv_bwd(dpx[:, 2 * C:], q, weight_h[2 * C:].contiguous(), False, [False, True, False])[1]
         dw_h = torch.cat([dw_zr, dw_n], 0)
     return dx.contiguous().view(x.shape), dw_x, db, dw_h, db.clone(), dh0
 

@@ -96,12 +96,24 @@ def _forward(x, weight_r, bias_r, weight_t, bias_t, c0, act_r, act_t, merge):
 cbm_forward.register_fake(cbm_forward_fake)
 
 
-def _conv_bwd(grad, inp, weight, bias: bool, mask: List[bool]):
+def conv_bwd(grad: Tensor, inp: Tensor, weight: Tensor, bias: bool, mask: List[bool]):
+    """``aten.convolution_backward`` of a stride-1 "same" convolution: ``(d_input, d_weight, d_bias)`` as
+    ``mask`` selects."""
     k = weight.shape[-1]
     return torch.ops.aten.convolution_backward(
         grad, inp, weight, [weight.shape[0]] if bias else None,
         [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1, mask,
     )
+
+
+def recurrent_weight_grad(d: Tensor, h0: Tensor, h: Tensor, weight: Tensor) -> Tensor:
+    """``dW`` of ``conv(h_{t-1}, weight)`` summed over steps, from ``d`` (T*B images): ``h_{t-1}`` is
+    ``h0`` for the first step and ``h[:-1]`` after it (no concatenated copy)."""
+    T, B, C, H, W = h.shape
+    dw = conv_bwd(d[:B], h0, weight, False, [False, True, False])[1]
+    if T > 1:
+        dw = dw + conv_bwd(d[B:], h[:-1].reshape((T - 1) * B, C, H, W), weight, False, [False, True, False])[1]
+    return dw
 
 
 @torch.library.custom_op("deeprnn_triton::cbm_backward", mutates_args=())
@@ -138,20 +150,15 @@ def _backward(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, a
 
     xf = x.reshape(T * B, C_in, H, W)
     dgx = dg.to(x.dtype).reshape(T * B, C, H, W)
-    dx_r, dw_r, db_r = _conv_bwd(dpr.reshape(T * B, C, H, W), xf, weight_r, True, [True, True, True])
+    dx_r, dw_r, db_r = conv_bwd(dpr.reshape(T * B, C, H, W), xf, weight_r, True, [True, True, True])
     if td_mask is None:
-        dx_t, dw_tx, db_t = _conv_bwd(dgx, xf, w_tx, True, [True, True, True])
+        dx_t, dw_tx, db_t = conv_bwd(dgx, xf, w_tx, True, [True, True, True])
     else:
         keep = td_keep_mask(td_mask, T, B, x.dtype)
-        _, dw_tx, db_t = _conv_bwd(dgx, xf, w_tx, True, [False, True, True])
+        _, dw_tx, db_t = conv_bwd(dgx, xf, w_tx, True, [False, True, True])
         masked = (dgx.view(T, B, C * H * W) * keep.reshape(T, B, 1)).view(T * B, C, H, W)
-        dx_t = _conv_bwd(masked, xf, w_tx, False, [True, False, False])[0]
-    # dW_tc from (c_{t-1}, dG_t): c_0 for t = 0, c[:-1] for the rest (no concatenated copy)
-    w_tc_c = w_tc.contiguous()
-    dw_tc = _conv_bwd(dgx[:B], c0, w_tc_c, False, [False, True, False])[1]
-    if T > 1:
-        dw_tc = dw_tc + _conv_bwd(dgx[B:], c[:-1].reshape((T - 1) * B, C, H, W), w_tc_c, False,
-                                  [False, True, False])[1]
+        dx_t = conv_bwd(masked, xf, w_tx, False, [True, False, False])[0]
+    dw_tc = recurrent_weight_grad(dgx, c0, c, w_tc.contiguous())  # from (c_{t-1}, dG_t)
     dw_t = torch.cat([dw_tx, dw_tc], 1)
     dx = (dx_r + dx_t).view(T, B, C_in, H, W)
     # Contiguous, as the fake kernel says (a weight's own layout can carry into convolution_backward's result).
