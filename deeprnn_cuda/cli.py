@@ -35,7 +35,8 @@ VIDEO_TASK = "video-prediction"
 """``deeprnn train --task video-prediction``: a deep video predictor on moving digits (observe 10, predict 20)."""
 
 # Options of ``train`` that the video-prediction run does not take (it has no clips, TD schedule or devices).
-_VIDEO_UNUSED = ("frames", "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "td_schedule",
+_VIDEO_UNUSED = ("data_dir", "budget_minutes", "max_steps", "model",
+                 "frames", "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "td_schedule",
                  "kernel_size", "shortcut_every", "lr_schedule", "grad_clip", "device", "resume")
 
 
@@ -52,8 +53,17 @@ _MNIST_CELL_DEFAULTS = {"cbm": {"layers": 15, "hidden": 16, "shortcut_every": 2}
 """Per cell: the paper's 15-layer CBM stack, and OpenSTL's 4-layer ConvLSTM (narrower: 32, not 128, channels)."""
 
 # Options of ``train`` that the Moving-MNIST runs do not take (data drawn on the fly, a time budget, no clips).
-_MNIST_UNUSED = ("frames", "image_size", "train_size", "epochs", "clip_min", "clip_max", "overlap", "coherence_lambda",
+_MNIST_UNUSED = ("model", "frames", "image_size", "train_size", "epochs", "clip_min", "clip_max", "overlap", "coherence_lambda",
                  "coherence_on", "handoff", "td_schedule", "lr_schedule", "grad_clip", "device", "resume")
+
+
+ACTION_TASK = "action"
+"""``deeprnn train --task action --data-dir ROOT``: a paper action model on video files or frame folders."""
+
+# Options of ``train`` that the action run does not take.
+_ACTION_UNUSED = ("layers", "kernel_size", "shortcut_every", "train_size", "test_size", "lr_schedule", "grad_clip",
+                  "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "device", "resume",
+                  "budget_minutes", "max_steps")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,7 +75,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     """The options of ``train`` (``compare`` takes them too, except the cell and depth it varies)."""
-    p.add_argument("--task", choices=TASKS + ((VIDEO_TASK,) + MNIST_TASKS if not grid else ()),
+    p.add_argument("--task", choices=TASKS + ((VIDEO_TASK,) + MNIST_TASKS + (ACTION_TASK,) if not grid else ()),
                    help="synthetic task (default moving-shapes)")
     if not grid:
         p.add_argument("--cell", choices=CELLS, help="recurrent cell (default cbm)")
@@ -102,6 +112,8 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
                                           "(default for moving-fmnist: /usr/share/datasets/fashion-mnist)")
         p.add_argument("--budget-minutes", type=float, help="moving-(f)mnist: training wall-clock budget (default 10)")
         p.add_argument("--max-steps", type=int, help="moving-(f)mnist: stop after this many steps (default: budget only)")
+        p.add_argument("--model", choices=("standalone", "backbone"),
+                       help="action: StandaloneDeepCBM or BackboneDeepCBM (default backbone)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,7 +219,7 @@ def _train_moving_mnist(args: argparse.Namespace) -> int:
     options = {**_MNIST_CELL_DEFAULTS[cell], **{k: v for k, v in given.items() if v is not None}}
     if args.budget_minutes is not None:
         options["budget_s"] = args.budget_minutes * 60
-    cfg = MovingMNISTConfig(cell=cell, **options)
+    cfg = MovingMNISTConfig(task=args.task, cell=cell, **options)
     for option, value, low in (("--layers", cfg.layers, 1), ("--hidden", cfg.hidden, 1), ("--batch-size", cfg.batch_size, 1),
                                ("--test-size", cfg.test_size, 1), ("--max-steps", cfg.max_steps, 0)):
         if value < low:
@@ -226,6 +238,37 @@ def _train_moving_mnist(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_action(args: argparse.Namespace) -> int:
+    """Train an action model on ``--data-dir ROOT/{train,test}/<class>/<video>``; print the JSON summary."""
+    from .training import ConfigError
+    from .training.action import ActionConfig, run_action
+    from .training.schedule import TDSchedule
+
+    for name in _ACTION_UNUSED:
+        if getattr(args, name, None) not in (None, False):
+            raise ConfigError(f"--{name.replace('_', '-')}", f"is not an option of --task {ACTION_TASK}")
+    if args.data_dir is None:
+        raise ConfigError("--data-dir", "is required for --task action: ROOT holding train/<class>/<video> and test/...")
+    fields = ("model", "cell", "hidden", "frames", "image_size", "epochs", "batch_size", "lr", "td_schedule", "seed", "backend")
+    cfg = ActionConfig(data_dir=args.data_dir, **{k: getattr(args, k) for k in fields if getattr(args, k) is not None})
+    for option, value, low in (("--hidden", cfg.hidden, 1), ("--frames", cfg.frames, 1), ("--image-size", cfg.image_size, 8),
+                               ("--epochs", cfg.epochs, 1), ("--batch-size", cfg.batch_size, 1)):
+        if value < low:
+            raise ConfigError(option, f"must be >= {low}, got {value}")
+    if cfg.image_size % 2:
+        raise ConfigError("--image-size", f"must be even (the models halve it), got {cfg.image_size}")
+    try:
+        TDSchedule.parse(cfg.td_schedule)
+    except ValueError as e:
+        raise ConfigError("--td-schedule", str(e)) from None
+    try:
+        summary = run_action(cfg, Path(args.out), progress=args.progress)
+    except (ValueError, ImportError) as e:  # missing split, unreadable video, PyAV absent: one line
+        raise ConfigError("--data-dir", str(e)) from None
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one model; the last stdout line is the JSON summary."""
     from .training import ConfigError, train
@@ -234,9 +277,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_video_prediction(args)
     if args.task in MNIST_TASKS:
         return _train_moving_mnist(args)
-    for name in ("data_dir", "budget_minutes", "max_steps"):
+    if args.task == ACTION_TASK:
+        return _train_action(args)
+    for name in ("data_dir", "budget_minutes", "max_steps", "model"):
         if getattr(args, name) is not None:
-            raise ConfigError(f"--{name.replace('_', '-')}", f"is only an option of --task {' / '.join(MNIST_TASKS)}")
+            raise ConfigError(f"--{name.replace('_', '-')}", "is not an option of this task")
 
     summary = train(_config(args), args.out, resume=args.resume, progress=args.progress)
     if summary:

@@ -131,3 +131,40 @@ def test_a_real_packaged_clip(tmp_path):
     want = torch.stack([torch.from_numpy(decoded[i][top:top + 64, left:left + 64]).permute(2, 0, 1) for i in picks]) / 255
     torch.testing.assert_close(frames, want.float(), rtol=0, atol=1e-6)
     assert frames.std() > 0.05  # real content, not a blank frame
+
+
+@pytest.mark.parametrize("model, as_files", [("backbone", True), ("standalone", False)])
+def test_deeprnn_train_action_on_videos(tmp_path, capsys, model, as_files):
+    import json
+
+    from deeprnn_cuda.cli import main
+
+    root = tmp_path / "videos"
+    folders = tmp_path / "frames"
+    _make(root, ".mp4", frames=4, videos=1, folders=folders)  # the train split, as files and as frame folders
+    # the test split: one more video per class, in both forms
+    for c in ("run", "walk"):
+        (root / "test" / c).mkdir(parents=True)
+        _encode(root / "test" / c / "video9.mp4", 4)
+        (folders / "test" / c / "video9").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(_frame(i)).save(folders / "test" / c / "video9" / f"{i + 1}.png")
+    data = root if as_files else folders
+    args = ["train", "--task", "action", "--data-dir", str(data), "--model", model, "--hidden", "4", "--frames", "2",
+            "--image-size", "16", "--epochs", "1", "--batch-size", "2", "--backend", "reference", "--no-progress",
+            "--threads", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["dataset"] == ("VideoFileVideos" if as_files else "FrameFolderVideos")
+    assert summary["model"] == model and summary["classes"] == 2 and summary["test_clips"] == 2
+    assert 0 <= summary["test_accuracy"] <= 1 and (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_deeprnn_train_action_errors_exit_2(tmp_path, capsys):
+    from deeprnn_cuda.cli import main
+
+    assert main(["train", "--task", "action", "--out", str(tmp_path / "x")]) == 2
+    assert "--data-dir: is required" in capsys.readouterr().err
+    assert main(["train", "--task", "action", "--data-dir", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--data-dir:" in err and "does not exist" in err and len(err.strip().splitlines()) == 1

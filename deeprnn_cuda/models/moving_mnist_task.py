@@ -34,8 +34,10 @@ TEST_SEED_OFFSET = 1_000_003
 
 @dataclass
 class MovingMNISTConfig:
-    """One run; ``budget_s`` bounds the training time (evaluation excluded), ``max_steps`` the steps (0: none)."""
+    """One run; ``budget_s`` bounds the training time (evaluation excluded), ``max_steps`` the steps (0: none).
+    ``task`` only names the run in its records (``deeprnn train --task``)."""
 
+    task: str = "moving-fmnist"
     cell: str = "cbm"
     layers: int = 15
     hidden: int = 16
@@ -172,7 +174,7 @@ def run_moving_mnist(cfg: MovingMNISTConfig, out_dir: Path, progress: bool = Fal
         save_predictions_png(shown, model(shown[:, :cfg.observe], cfg.predict), cfg.observe, out_dir / "predictions.png")
     torch.save({"model": model.state_dict(), "config": asdict(cfg)}, out_dir / "model.pt")
     summary = {
-        "task": "moving-mnist", "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "steps": step,
+        "task": cfg.task, "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "steps": step,
         "train_seconds": round(trained, 1), "eval_seconds": round(eval_seconds, 1),
         "parameters": sum(p.numel() for p in model.parameters()), "test_size": cfg.test_size,
         **{f"{k}_avg": sum(v) / len(v) for k, v in results[name].items()},
