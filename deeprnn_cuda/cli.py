@@ -241,7 +241,7 @@ def _train_moving_mnist(args: argparse.Namespace) -> int:
 def _train_action(args: argparse.Namespace) -> int:
     """Train an action model on ``--data-dir ROOT/{train,test}/<class>/<video>``; print the JSON summary."""
     from .training import ConfigError
-    from .training.action import ActionConfig, run_action
+    from .training.action import ActionConfig, ActionDataError, run_action
     from .training.schedule import TDSchedule
 
     for name in _ACTION_UNUSED:
@@ -263,7 +263,7 @@ def _train_action(args: argparse.Namespace) -> int:
         raise ConfigError("--td-schedule", str(e)) from None
     try:
         summary = run_action(cfg, Path(args.out), progress=args.progress)
-    except (ValueError, ImportError) as e:  # missing split, unreadable video, PyAV absent: one line
+    except ActionDataError as e:  # missing split, unreadable video, PyAV absent: one line
         raise ConfigError("--data-dir", str(e)) from None
     print(json.dumps(summary))
     return 0

@@ -29,6 +29,10 @@ from .schedule import TDSchedule
 ACTION_MODELS = ("standalone", "backbone")
 
 
+class ActionDataError(ValueError):
+    """The videos under ``data_dir`` cannot be used: a missing split, an empty class, PyAV absent, ..."""
+
+
 @dataclass
 class ActionConfig:
     """One action-recognition run (fields as the ``deeprnn train`` options of the same names)."""
@@ -76,13 +80,18 @@ def _accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
 
 
 def run_action(cfg: ActionConfig, out_dir: Path, progress: bool = False, log=None) -> Dict:
-    """Train and evaluate as ``cfg`` says; writes ``metrics.jsonl``, ``model.pt`` and ``summary.json``."""
+    """Train and evaluate as ``cfg`` says; writes ``metrics.jsonl``, ``model.pt`` and ``summary.json``.
+
+    Raises :class:`ActionDataError` when the videos of ``cfg.data_dir`` cannot be opened."""
     log = log or sys.stderr
     started = time.perf_counter()
     options = dict(num_frames=cfg.frames, resize_shorter=cfg.image_size, crop_size=cfg.image_size, seed=cfg.seed)
-    train_set, test_set = open_videos(cfg.data_dir, "train", **options), open_videos(cfg.data_dir, "test", **options)
+    try:
+        train_set, test_set = open_videos(cfg.data_dir, "train", **options), open_videos(cfg.data_dir, "test", **options)
+    except (ValueError, ImportError) as err:
+        raise ActionDataError(str(err)) from err
     if test_set.classes != train_set.classes:
-        raise ValueError(f"the test split's classes {test_set.classes} differ from the train split's {train_set.classes}")
+        raise ActionDataError(f"the test split's classes {test_set.classes} differ from the train split's {train_set.classes}")
     torch.manual_seed(cfg.seed)
     model = _model(cfg, len(train_set.classes))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
