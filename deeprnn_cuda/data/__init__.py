@@ -1,13 +1,18 @@
-"""Synthetic sequence tasks made in code (deterministic under a seed, no downloads)."""
+"""Sequence data: synthetic tasks made in code (deterministic under a seed, no downloads), video datasets read
+from frame folders or video files, and Moving MNIST / Fashion-MNIST from real IDX images."""
 from __future__ import annotations
 
 from typing import Dict, Tuple
 
 from .cat_dog import cat_dog, cat_template, distance_labels
 from .dataset import IGNORE_INDEX, SequenceDataset
+from .clip_videos import ClipVideos
 from .frame_folder import FrameFolderVideos
+from .idx import MissingDataError, load_images, read_idx
 from .moving_digits import digit_glyph, moving_digits
+from .moving_mnist import MovingMNIST
 from .moving_shapes import moving_shapes
+from .video_files import VideoFileVideos
 
 TASKS = ("moving-shapes", "cat-dog")
 
@@ -27,15 +32,21 @@ def make_task(task: str, train_size: int, test_size: int, seed: int, **options) 
 
 
 __all__ = [
+    "ClipVideos",
     "FrameFolderVideos",
     "IGNORE_INDEX",
+    "MissingDataError",
+    "MovingMNIST",
     "SequenceDataset",
     "TASKS",
     "cat_dog",
     "cat_template",
     "digit_glyph",
     "distance_labels",
+    "load_images",
     "make_task",
     "moving_digits",
     "moving_shapes",
+    "read_idx",
+    "VideoFileVideos",
 ]

@@ -1,31 +1,19 @@
 """Videos stored as folders of frames, in the authors' layout ``root/{train,test}/<class>/<video>/<frame>.jpg``.
 
-Each item is one clip ``(T, 3, H, W)`` float32 in ``[0, 1]`` and its class index. Frames are ordered by
-file name, numbers compared as numbers (``2.jpg`` before ``10.jpg``). Augmentation is shared by every frame
-of a clip, as in the paper: one resize, one crop window, one flip decision and one set of color-jitter
-factors per clip. Randomness comes from ``(seed, epoch, index)``, so an item is reproducible, differs
-between epochs (:meth:`FrameFolderVideos.set_epoch`) and is the same in any ``DataLoader`` worker.
+Frames are ordered by file name, numbers compared as numbers (``2.jpg`` before ``10.jpg``). Sampling and
+the clip-consistent augmentation are :class:`~.clip_videos.ClipVideos`'.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from PIL import Image
 
-SAMPLINGS = ("uniform", "clips")
+from .clip_videos import SAMPLINGS, ClipVideos, color_jitter, image_to_tensor, natural_key, subfolders
+
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def _natural_key(path: Path) -> List[Union[int, str]]:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
-
-
-def _subfolders(folder: Path) -> List[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir()), key=_natural_key)
 
 
 def load_frame(path: Path, resize_shorter: Optional[int]) -> torch.Tensor:
@@ -35,154 +23,30 @@ def load_frame(path: Path, resize_shorter: Optional[int]) -> torch.Tensor:
     """
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if resize_shorter is not None:
-                scale = resize_shorter / min(img.size)
-                img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8).copy()
+            return image_to_tensor(img, resize_shorter)
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read frame {path}: {err}") from err
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
 
 
-def color_jitter(clip: torch.Tensor, brightness: float, contrast: float, saturation: float) -> torch.Tensor:
-    """Scale brightness, contrast (around each frame's mean gray) and saturation of ``clip (T, 3, H, W)``."""
-    weights = clip.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    clip = clip * brightness
-    mean = (clip * weights).sum(dim=1, keepdim=True).mean(dim=(2, 3), keepdim=True)
-    clip = (clip - mean) * contrast + mean
-    gray = (clip * weights).sum(dim=1, keepdim=True)
-    return ((clip - gray) * saturation + gray).clamp(0.0, 1.0)
+class FrameFolderVideos(ClipVideos):
+    """A video classification dataset read from frame folders (see the module docstring and :class:`ClipVideos`
+    for the arguments)."""
+
+    kind = "video folder"
+
+    def _scan(self, class_dir: Path) -> List[Tuple[object, int, Path]]:
+        found = []
+        for video_dir in subfolders(class_dir):
+            frames = sorted((p for p in video_dir.iterdir() if p.suffix.lower() in EXTENSIONS), key=natural_key)
+            found.append((frames, len(frames), video_dir))
+        return found
+
+    def _read(self, video: object, indices: Sequence[int]) -> Tuple[List[torch.Tensor], List[str]]:
+        chosen = [video[i] for i in indices]
+        return [load_frame(p, self.resize_shorter) for p in chosen], [str(p) for p in chosen]
+
+    def _where(self, video: object) -> str:
+        return str(video[0].parent)
 
 
-class FrameFolderVideos:
-    """A video classification dataset read from frame folders (see the module docstring).
-
-    Args:
-        root: the folder holding ``train/`` and ``test/``.
-        split: ``"train"`` or ``"test"`` (any subfolder name works).
-        num_frames: frames per clip.
-        sampling: ``"uniform"``: one clip per video, ``num_frames`` frames spread evenly over it (one per
-            equal segment: a random one in training, the middle one otherwise); ``"clips"``: every video
-            cut into consecutive clips of ``num_frames`` frames overlapping by ``clip_overlap`` (the last
-            partial window dropped), each clip one item.
-        clip_overlap: overlap rate of ``"clips"`` sampling in ``[0, 1)`` (paper: 0.25).
-        resize_shorter: resize every frame's shorter side to this (paper: 368); None keeps the size.
-        crop_size: square crop side (paper: 224), random in training and central otherwise; None: no crop.
-        train: random augmentation (crop position, horizontal flip, color jitter); default
-            ``split == "train"``.
-        jitter: color-jitter strength: brightness, contrast and saturation factors in ``[1-j, 1+j]``.
-        seed: seed of the augmentation and sampling randomness.
-
-    Raises ``ValueError`` naming the folder or file on a missing split, a class without videos, a video
-    with fewer than ``num_frames`` frames; unreadable frames and frames of a different size raise it when
-    their clip is loaded.
-    """
-
-    def __init__(
-        self,
-        root: Union[str, Path],
-        split: str = "train",
-        num_frames: int = 16,
-        sampling: str = "uniform",
-        clip_overlap: float = 0.25,
-        resize_shorter: Optional[int] = None,
-        crop_size: Optional[int] = None,
-        train: Optional[bool] = None,
-        jitter: float = 0.4,
-        seed: int = 0,
-    ) -> None:
-        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
-            raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {list(SAMPLINGS)}, got {sampling!r}")
-        if not 0.0 <= clip_overlap < 1.0:
-            raise ValueError(f"clip_overlap must be in [0, 1), got {clip_overlap!r}")
-        if not 0.0 <= jitter < 1.0:
-            raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
-        for name, value in (("resize_shorter", resize_shorter), ("crop_size", crop_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be None or a positive int, got {value!r}")
-        folder = Path(root) / split
-        if not folder.is_dir():
-            raise ValueError(f"split folder {folder} does not exist")
-        class_dirs = _subfolders(folder)
-        if not class_dirs:
-            raise ValueError(f"split folder {folder} has no class folders")
-        self.classes = [d.name for d in class_dirs]
-        self.num_frames, self.sampling = num_frames, sampling
-        self.resize_shorter, self.crop_size, self.jitter = resize_shorter, crop_size, jitter
-        self.train = split == "train" if train is None else train
-        self.seed, self.epoch = seed, 0
-        self.videos: List[Tuple[List[Path], int]] = []
-        for label, class_dir in enumerate(class_dirs):
-            video_dirs = _subfolders(class_dir)
-            if not video_dirs:
-                raise ValueError(f"class folder {class_dir} has no video folders")
-            for video_dir in video_dirs:
-                frames = sorted((p for p in video_dir.iterdir() if p.suffix.lower() in EXTENSIONS), key=_natural_key)
-                if len(frames) < num_frames:
-                    raise ValueError(
-                        f"video folder {video_dir} has {len(frames)} frames, fewer than num_frames={num_frames}"
-                    )
-                self.videos.append((frames, label))
-        stride = max(1, num_frames - round(clip_overlap * num_frames))
-        self.items: List[Tuple[int, int]] = [
-            (v, start)
-            for v, (frames, _) in enumerate(self.videos)
-            for start in (range(0, len(frames) - num_frames + 1, stride) if sampling == "clips" else (0,))
-        ]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Draw new augmentation and sampling randomness (call once per epoch)."""
-        self.epoch = epoch
-
-    def _frame_indices(self, count: int, start: int, g: torch.Generator) -> List[int]:
-        """Which of a video's ``count`` frames form the clip."""
-        if self.sampling == "clips":
-            return list(range(start, start + self.num_frames))
-        bounds = torch.linspace(0, count, self.num_frames + 1)
-        if self.train:
-            offsets = torch.rand(self.num_frames, generator=g)
-        else:
-            offsets = torch.full((self.num_frames,), 0.5)
-        picks = (bounds[:-1] + offsets * (bounds[1:] - bounds[:-1])).long().clamp(max=count - 1)
-        return picks.tolist()
-
-    def _crop(self, clip: torch.Tensor, path: Path, g: torch.Generator) -> torch.Tensor:
-        """One crop window for the whole clip: random in training, central otherwise."""
-        size = self.crop_size
-        H, W = clip.shape[-2:]
-        if size is None:
-            return clip
-        if size > H or size > W:
-            raise ValueError(f"crop_size={size} exceeds the {H}x{W} frames of video folder {path.parent}")
-        if self.train:
-            top = int(torch.randint(H - size + 1, (1,), generator=g))
-            left = int(torch.randint(W - size + 1, (1,), generator=g))
-        else:
-            top, left = (H - size) // 2, (W - size) // 2
-        return clip[..., top:top + size, left:left + size]
-
-    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        """Clip ``index``: ``(frames (T, 3, H, W) float32 in [0, 1], class index)``."""
-        video, start = self.items[index]
-        paths, label = self.videos[video]
-        g = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
-        chosen = [paths[i] for i in self._frame_indices(len(paths), start, g)]
-        frames = [load_frame(p, self.resize_shorter) for p in chosen]
-        for p, f in zip(chosen, frames):
-            if f.shape != frames[0].shape:
-                size, first = tuple(f.shape[1:]), tuple(frames[0].shape[1:])
-                raise ValueError(f"frame {p} is {size}, unlike {chosen[0]} ({first})")
-        clip = self._crop(torch.stack(frames), chosen[0], g)
-        if self.train:
-            if float(torch.rand((), generator=g)) < 0.5:
-                clip = clip.flip(-1)
-            if self.jitter > 0:
-                brightness, contrast, saturation = (1.0 + (torch.rand(3, generator=g) * 2 - 1) * self.jitter).tolist()
-                clip = color_jitter(clip, brightness, contrast, saturation)
-        return clip.contiguous(), label
+__all__ = ["EXTENSIONS", "SAMPLINGS", "FrameFolderVideos", "color_jitter", "load_frame"]

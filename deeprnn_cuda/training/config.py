@@ -15,7 +15,10 @@ GENERAL_DEFAULTS = {"hidden": 8, "train_size": 1200, "test_size": 300, "epochs":
 """Model width, data and optimisation defaults of every task that does not set its own."""
 
 TASK_DEFAULTS = {
-    "moving-shapes": {"frames": 16, "image_size": 32},
+    # the demo's settings (README: 0.97 test accuracy with 15 layers in a few CPU minutes); the former 16 frames
+    # of 32x32 with 1200 sequences and 6 epochs overfit a 15-layer stack (0.96 train, 0.64 test): its linear
+    # head on 8x32x32 features had 4x the weights for fewer training sequences
+    "moving-shapes": {"frames": 8, "image_size": 16, "train_size": 1600, "test_size": 400, "epochs": 10},
     # the settings of the README's cat-dog result (93-98% exact-distance accuracy on three seeds, clips of 4-9 frames)
     "cat-dog": {"frames": 64, "image_size": 4, "hidden": 64, "train_size": 1024, "test_size": 64, "epochs": 150,
                 "batch_size": 16, "lr": 2e-3},
