@@ -11,17 +11,20 @@ from typing import Callable
 
 import torch
 
+from ._checks import check_op_args, check_op_backward_args
+
 
 def cbm_forward_fake(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge):
-    """Shapes of ``(o, c, r)``: each ``(T, B, C, H, W)``."""
-    T, B, _, H, W = x.shape
-    shape = (T, B, weight_r.shape[0], H, W)
+    """Shapes of ``(o, c, r)``: each ``(T, B, C, H, W)``. Validates like the real kernels, so that a mixed-device
+    call (dispatched here for its meta tensor) and tracing under ``torch.compile`` raise the same ValueError."""
+    s = check_op_args(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge)
+    shape = (s.T, s.B, s.C, s.H, s.W)
     return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
 
 
 def cbm_backward_fake(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge):
     """Shapes of the six gradients: those of x, weight_r, bias_r (C,), weight_t, bias_t (C,), c0."""
-    C = weight_r.shape[0]
+    C = check_op_backward_args(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge).C
     return (
         torch.empty_like(x),
         torch.empty_like(weight_r),
