@@ -41,6 +41,9 @@ def register_cbm_autograd(forward_op: str, backward_op: Callable) -> None:
     def setup_context(ctx, inputs, output):
         x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge = inputs
         _, c, r = output
+        # Unused outputs (r always, often c) must reach backward as None, not as (T, B, C, H, W) zeros: that
+        # would cost two activation-sized buffers per layer in the training step's peak memory.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight_r, weight_t, c0, r, c, td_mask)
         ctx.codes = (act_r, act_t, merge)
         ctx.has_bias = (bias_r is not None, bias_t is not None)
