@@ -95,4 +95,14 @@ void check_forward_args(const at::Tensor& x, const at::Tensor& weight_r, const s
                         const at::Tensor& weight_t, const std::optional<at::Tensor>& bias_t, const at::Tensor& c0,
                         Options opt);
 
+// The same for the backward op: also the shapes, dtypes and devices of grad_o, grad_c, r, c and td_mask.
+void check_backward_args(const at::Tensor& grad_o, const at::Tensor& grad_c, const at::Tensor& x,
+                         const at::Tensor& weight_r, const at::Tensor& weight_t, const at::Tensor& c0,
+                         const at::Tensor& r, const at::Tensor& c, const std::optional<at::Tensor>& td_mask,
+                         Options opt);
+
+// td_mask, when given, must be bool (T,) or (T, B) on x's device (x already checked). The forward ops ignore it but
+// check it too, so a bad mask fails where it is passed, not later in backward.
+void check_td_mask(const at::Tensor& x, const std::optional<at::Tensor>& td_mask);
+
 }  // namespace deeprnn

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <utility>
 
 namespace deeprnn {
 namespace {
@@ -50,34 +51,74 @@ std::tuple<Tensor, Tensor, Tensor> conv_backward(const Tensor& grad, const Tenso
                                   {0, 0}, 1, mask);
 }
 
+// dtype and device of `t` (named `name`) must be x's.
+void check_like_x(const Tensor& x, const Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), name, " must have x's dtype ", x.scalar_type(), ", got ",
+                    t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " must be on x's device ", x.device(), ", got ", t.device());
+}
+
 }  // namespace
 
 void check_forward_args(const Tensor& x, const Tensor& weight_r, const std::optional<Tensor>& bias_r,
                         const Tensor& weight_t, const std::optional<Tensor>& bias_t, const Tensor& c0,
                         Options opt) {
+  TORCH_CHECK_VALUE(opt.act_r >= 0 && opt.act_r <= 2, "act_r must be 0 (identity), 1 (relu) or 2 (tanh), got ",
+                    opt.act_r);
+  TORCH_CHECK_VALUE(opt.act_t >= 0 && opt.act_t <= 1, "act_t must be 0 (sigmoid) or 1 (relu), got ", opt.act_t);
+  TORCH_CHECK_VALUE(opt.merge >= 0 && opt.merge <= 1, "merge must be 0 (mul) or 1 (add), got ", opt.merge);
   TORCH_CHECK_VALUE(x.dim() == 5, "x must be (T, B, C_in, H, W), got ", x.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()), "x must be a floating point tensor, got ", x.scalar_type());
+  // Zero input or output channels would leave the convolutions below without a well-defined shape.
+  TORCH_CHECK_VALUE(x.size(2) >= 1, "x must have at least one input channel (C_in >= 1), got ", x.sizes());
   TORCH_CHECK_VALUE(weight_r.dim() == 4 && weight_r.size(1) == x.size(2), "weight_r must be (C, C_in=", x.size(2),
                     ", k, k), got ", weight_r.sizes());
   const int64_t C = weight_r.size(0);
+  TORCH_CHECK_VALUE(C >= 1, "weight_r must have at least one output channel (C >= 1), got ", weight_r.sizes());
   TORCH_CHECK_VALUE(weight_t.dim() == 4 && weight_t.size(0) == C && weight_t.size(1) == x.size(2) + C,
                     "weight_t must be (C=", C, ", C_in + C=", x.size(2) + C, ", k, k), got ", weight_t.sizes());
-  for (const Tensor* w : {&weight_r, &weight_t}) {
-    TORCH_CHECK_VALUE(w->size(2) == w->size(3) && w->size(2) % 2 == 1, "kernels must be square and odd, got ",
+  for (const auto& [w, name] : {std::pair{&weight_r, "weight_r"}, std::pair{&weight_t, "weight_t"}}) {
+    TORCH_CHECK_VALUE(w->size(2) == w->size(3) && w->size(2) % 2 == 1, name, " must have a square odd kernel, got ",
                       w->sizes());
+    check_like_x(x, *w, name);
   }
-  for (const auto* b : {&bias_r, &bias_t}) {
-    TORCH_CHECK_VALUE(!b->has_value() || ((*b)->dim() == 1 && (*b)->size(0) == C), "biases must be (C=", C, ",)");
+  for (const auto& [b, name] : {std::pair{&bias_r, "bias_r"}, std::pair{&bias_t, "bias_t"}}) {
+    if (!b->has_value()) continue;
+    TORCH_CHECK_VALUE((*b)->dim() == 1 && (*b)->size(0) == C, name, " must be (C=", C, ",), got ", (*b)->sizes());
+    check_like_x(x, **b, name);
   }
   TORCH_CHECK_VALUE(c0.dim() == 4 && c0.size(0) == x.size(1) && c0.size(1) == C && c0.size(2) == x.size(3) &&
                         c0.size(3) == x.size(4),
                     "c0 must be (B, C, H, W) = (", x.size(1), ", ", C, ", ", x.size(3), ", ", x.size(4), "), got ",
                     c0.sizes());
-  TORCH_CHECK_VALUE(weight_r.scalar_type() == x.scalar_type() && weight_t.scalar_type() == x.scalar_type() &&
-                        c0.scalar_type() == x.scalar_type(),
-                    "x, weights and c0 must share one dtype");
-  TORCH_CHECK_VALUE(opt.act_r >= 0 && opt.act_r <= 2 && opt.act_t >= 0 && opt.act_t <= 1 && opt.merge >= 0 &&
-                        opt.merge <= 1,
-                    "unknown act_r/act_t/merge code");
+  check_like_x(x, c0, "c0");
+}
+
+void check_backward_args(const Tensor& grad_o, const Tensor& grad_c, const Tensor& x, const Tensor& weight_r,
+                         const Tensor& weight_t, const Tensor& c0, const Tensor& r, const Tensor& c,
+                         const std::optional<Tensor>& td_mask, Options opt) {
+  check_forward_args(x, weight_r, std::nullopt, weight_t, std::nullopt, c0, opt);
+  const int64_t T = x.size(0), B = x.size(1);
+  const std::array<int64_t, 5> shape{T, B, weight_r.size(0), x.size(3), x.size(4)};
+  // The step kernels index these with the sizes of x and the weights: any other shape, dtype or device would
+  // read out of bounds or reinterpret memory.
+  for (const auto& [t, name] : {std::pair{&grad_o, "grad_o"}, std::pair{&grad_c, "grad_c"}, std::pair{&r, "r"},
+                                std::pair{&c, "c"}}) {
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(shape), name, " must be (T, B, C, H, W) = ",
+                      at::IntArrayRef(shape), ", got ", t->sizes());
+    check_like_x(x, *t, name);
+  }
+  check_td_mask(x, td_mask);
+}
+
+void check_td_mask(const Tensor& x, const std::optional<Tensor>& td_mask) {
+  if (!td_mask.has_value()) return;
+  const int64_t T = x.size(0), B = x.size(1);
+  TORCH_CHECK_VALUE(td_mask->scalar_type() == at::kBool, "td_mask must be a bool tensor, got ",
+                    td_mask->scalar_type());
+  TORCH_CHECK_VALUE((td_mask->sizes() == at::IntArrayRef{T} || td_mask->sizes() == at::IntArrayRef{T, B}),
+                    "td_mask must be (T,) or (T, B) = (", T, ", ", B, "), got ", td_mask->sizes());
+  TORCH_CHECK_VALUE(td_mask->device() == x.device(), "td_mask must be on x's device ", x.device());
 }
 
 std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tensor& weight_r,
@@ -90,7 +131,9 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tenso
   auto o = at::empty({T, B, C, H, W}, x.options());
   auto c = at::empty_like(o);
   auto r = at::empty_like(o);
-  if (T == 0) return {o, c, r};
+  // Nothing to compute for an empty sequence, batch or image; returning here also keeps every size that is
+  // divided by (B below) or indexed with (the persistent kernels' problem) non-zero.
+  if (o.numel() == 0) return {o, c, r};
 
   const Tensor w_tc = weight_t.narrow(1, C_in, C).contiguous();
   const Tensor bias = at::cat({bias_r.has_value() ? *bias_r : at::zeros({C}, x.options()),
@@ -125,17 +168,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
     const Tensor& grad_o_in, const Tensor& grad_c_in, const Tensor& x, const Tensor& weight_r,
     const Tensor& weight_t, const Tensor& c0_in, const Tensor& r, const Tensor& c,
     const std::optional<Tensor>& td_mask, Options opt, const StepKernels& kernels) {
-  check_forward_args(x, weight_r, std::nullopt, weight_t, std::nullopt, c0_in, opt);
+  check_backward_args(grad_o_in, grad_c_in, x, weight_r, weight_t, c0_in, r, c, td_mask, opt);
   const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t C = weight_r.size(0);
-  TORCH_CHECK_VALUE(grad_o_in.sizes() == c.sizes() && grad_c_in.sizes() == c.sizes() && r.sizes() == c.sizes() &&
-                        c.dim() == 5 && c.size(0) == T,
-                    "grad_o, grad_c, r and c must all be (T, B, C, H, W)");
-  TORCH_CHECK_VALUE(!td_mask.has_value() ||
-                        (td_mask->scalar_type() == at::kBool &&
-                         (td_mask->sizes() == at::IntArrayRef{T} || td_mask->sizes() == at::IntArrayRef{T, B})),
-                    "td_mask must be a bool tensor of shape (T,) or (T, B)");
-  if (T == 0) {
+  if (c.numel() == 0) {  // empty sequence, batch or image: zero gradients, and no division by B below
     return {at::zeros_like(x), at::zeros_like(weight_r), at::zeros({C}, x.options()), at::zeros_like(weight_t),
             at::zeros({C}, x.options()), at::zeros_like(c0_in)};
   }

@@ -5,7 +5,7 @@ Every backend receives arguments that passed :func:`check_cbm_args`, so kernels 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
@@ -83,12 +83,18 @@ def check_cbm_args(
     if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"x must be a floating point tensor (float16, bfloat16, float32, float64), got {x.dtype}")
 
+    # Zero channels have no convolution to run (the reference fails on them too); every other size may be 0.
+    if C_in == 0:
+        raise ValueError(f"x must have shape (T, B, C_in, H, W) with C_in >= 1 channels, got {_shape(x)}")
+
     _check_tensor("weight_r", weight_r, 4, "(C, C_in, k_r, k_r)")
     C = weight_r.shape[0]
     if weight_r.shape[1] != C_in:
         raise ValueError(
             f"weight_r must have shape (C, C_in={C_in}, k_r, k_r) to match x's {C_in} channels, got {_shape(weight_r)}"
         )
+    if C == 0:
+        raise ValueError(f"weight_r must have shape (C, C_in={C_in}, k_r, k_r) with C >= 1, got {_shape(weight_r)}")
     k_r = _check_kernel("weight_r", weight_r)
 
     _check_tensor("weight_t", weight_t, 4, f"(C={C}, C_in + C={C_in + C}, k_t, k_t)")
@@ -138,3 +144,57 @@ def td_keep_mask(td_mask: Optional[torch.Tensor], T: int, B: int, dtype: torch.d
         return None
     keep = (~td_mask).to(dtype)
     return keep.view(T, 1).expand(T, B) if keep.dim() == 1 else keep
+
+
+def _option_name(name: str, code: object, codes: Dict[str, int]) -> str:
+    """The option whose integer code (as the compiled ops take it) is ``code``."""
+    if isinstance(code, int) and not isinstance(code, bool):
+        for option, value in codes.items():
+            if code == value:
+                return option
+    raise ValueError(f"{name} must be one of the codes {sorted(codes.values())} ({codes}), got {code!r}")
+
+
+def check_op_args(
+    x: torch.Tensor,
+    weight_r: torch.Tensor,
+    bias_r: Optional[torch.Tensor],
+    weight_t: torch.Tensor,
+    bias_t: Optional[torch.Tensor],
+    c0: torch.Tensor,
+    td_mask: Optional[torch.Tensor],
+    act_r: int,
+    act_t: int,
+    merge: int,
+) -> CBMShapes:
+    """:func:`check_cbm_args` for a compiled forward op called directly: option codes, ``c0`` required."""
+    names = (_option_name("act_r", act_r, ACT_R_CODES), _option_name("act_t", act_t, ACT_T_CODES),
+             _option_name("merge", merge, MERGE_CODES))
+    if c0 is None:
+        raise ValueError("c0 must be a tensor of shape (B, C, H, W): the compiled ops take no default state")
+    return check_cbm_args(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, *names)
+
+
+def check_op_backward_args(
+    grad_o: torch.Tensor,
+    grad_c: torch.Tensor,
+    x: torch.Tensor,
+    weight_r: torch.Tensor,
+    weight_t: torch.Tensor,
+    c0: torch.Tensor,
+    r: torch.Tensor,
+    c: torch.Tensor,
+    td_mask: Optional[torch.Tensor],
+    act_r: int,
+    act_t: int,
+    merge: int,
+) -> CBMShapes:
+    """:func:`check_op_args` for a compiled backward op, plus the saved and incoming ``(T, B, C, H, W)`` tensors."""
+    s = check_op_args(x, weight_r, None, weight_t, None, c0, td_mask, act_r, act_t, merge)
+    shape = (s.T, s.B, s.C, s.H, s.W)
+    for name, t in (("grad_o", grad_o), ("grad_c", grad_c), ("r", r), ("c", c)):
+        _check_tensor(name, t, 5, str(shape))
+        if tuple(t.shape) != shape or t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"{name} must have shape {shape}, dtype {x.dtype} and device {x.device}, "
+                             f"got {_shape(t)}, {t.dtype} on {t.device}")
+    return s

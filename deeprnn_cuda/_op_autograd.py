@@ -11,18 +11,21 @@ from typing import Callable
 
 import torch
 
+from ._checks import check_op_args, check_op_backward_args
+
 
 def cbm_forward_fake(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge):
-    """Shapes of ``(o, c, r)``: each ``(T, B, C, H, W)``."""
-    T, B, _, H, W = x.shape
-    shape = (T, B, weight_r.shape[0], H, W)
+    """Shapes of ``(o, c, r)``: each ``(T, B, C, H, W)``. Validates like the real kernels, so that a mixed-device
+    call (dispatched here for its meta tensor) and tracing under ``torch.compile`` raise the same ValueError."""
+    s = check_op_args(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge)
+    shape = (s.T, s.B, s.C, s.H, s.W)
     return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
 
 
 def cbm_backward_fake(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge):
     """The six gradients, shaped like x, weight_r, bias_r (C,), weight_t, bias_t (C,), c0 and, like every real
     backward kernel's, contiguous whatever the inputs' layouts (a transposed x, a channels_last c0)."""
-    C = weight_r.shape[0]
+    C = check_op_backward_args(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge).C
     return (
         x.new_empty(x.shape),
         weight_r.new_empty(weight_r.shape),
@@ -40,6 +43,9 @@ def register_cbm_autograd(forward_op: str, backward_op: Callable) -> None:
         x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge = inputs
         _, c, r = output
         ctx.mark_non_differentiable(r)  # saved for backward only: a gradient into it would be silently dropped
+        # Unused outputs (r always, often c) must reach backward as None, not as (T, B, C, H, W) zeros: that
+        # would cost two activation-sized buffers per layer in the training step's peak memory.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight_r, weight_t, c0, r, c, td_mask)
         ctx.codes = (act_r, act_t, merge)
         ctx.has_bias = (bias_r is not None, bias_t is not None)

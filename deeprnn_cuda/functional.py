@@ -42,17 +42,32 @@ def cbm_layer(
     Returns:
         ``(o, c)``: outputs and the state after every step, both ``(T, B, C, H, W)``; ``c[-1]`` is the
         final state. Odd square kernels, stride 1, zero "same" padding. Under ``torch.autocast`` the layer
-        runs in the autocast dtype, like the convolutions it is made of.
+        runs in the autocast dtype, like the convolutions it is made of. An empty sequence, batch or image
+        (T, B, H or W zero) gives empty outputs and zero gradients; zero channels (C_in or C) raise ``ValueError``.
     """
     x, weight_r, bias_r, weight_t, bias_t, c0 = _autocast(x, weight_r, bias_r, weight_t, bias_t, c0)
     s = check_cbm_args(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge)
     impl = resolve_backend(backend, x)
+    if s.T * s.B * s.H * s.W == 0:
+        return _empty_result(x, (s.T, s.B, s.C, s.H, s.W), (x, weight_r, bias_r, weight_t, bias_t, c0))
     if c0 is None:
         c0 = x.new_zeros(s.B, s.C, s.H, s.W)
-    if s.T == 0:
-        empty = x.new_empty(0, s.B, s.C, s.H, s.W)
-        return empty, empty.clone()
     return impl(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask=td_mask, act_r=act_r, act_t=act_t, merge=merge)
+
+
+def _empty_result(
+    x: torch.Tensor, shape: Tuple[int, ...], inputs: Tuple[Optional[torch.Tensor], ...]
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Empty ``(o, c)`` of ``shape`` that still belong to the autograd graph of ``inputs``, so that backward
+    gives every input a zero gradient (what the reference gives for an empty batch) instead of failing."""
+    o, c = x.new_empty(shape), x.new_empty(shape)
+    if not torch.is_grad_enabled():
+        return o, c
+    zeros = [t.sum() * 0 for t in inputs if t is not None and t.requires_grad]
+    if not zeros:
+        return o, c
+    zero = torch.stack(zeros).sum()
+    return o + zero, c + zero
 
 
 def _autocast(x: object, *tensors: Optional[torch.Tensor]) -> Tuple[object, ...]:

@@ -275,9 +275,12 @@ constexpr StepKernels kCpuKernels{forward_epilogue_cpu, backward_epilogue_cpu, /
 std::tuple<Tensor, Tensor, Tensor> cbm_forward_cpu(const Tensor& x, const Tensor& weight_r,
                                                    const std::optional<Tensor>& bias_r, const Tensor& weight_t,
                                                    const std::optional<Tensor>& bias_t, const Tensor& c0,
-                                                   const std::optional<Tensor>& /*td_mask: backward only*/,
-                                                   int64_t act_r, int64_t act_t, int64_t merge) {
-  return cbm_forward_impl(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge}, kCpuKernels);
+                                                   const std::optional<Tensor>& td_mask, int64_t act_r,
+                                                   int64_t act_t, int64_t merge) {
+  const Options opt{act_r, act_t, merge};
+  check_forward_args(x, weight_r, bias_r, weight_t, bias_t, c0, opt);
+  check_td_mask(x, td_mask);  // used in backward only, but a bad mask fails where it is passed
+  return cbm_forward_impl(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kCpuKernels);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cpu(

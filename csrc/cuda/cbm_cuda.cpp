@@ -300,31 +300,23 @@ std::optional<Tensor> opt_tensor(const Tensor& t) { return t.defined() ? std::op
 
 Tensor or_undefined(const std::optional<Tensor>& t) { return t.has_value() ? *t : Tensor(); }
 
-void check_devices(const Tensor& x, std::initializer_list<const Tensor*> others) {
-  TORCH_CHECK_VALUE(x.is_cuda(), "deeprnn CUDA op: x must be a CUDA tensor");
-  for (const Tensor* t : others) {
-    TORCH_CHECK_VALUE(!t->defined() || t->device() == x.device(), "deeprnn CUDA op: every tensor must be on ",
-                      x.device(), ", got one on ", t->device());
-  }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // The ops.
 
 std::tuple<Tensor, Tensor, Tensor> cbm_forward_cuda(const Tensor& x, const Tensor& weight_r,
                                                     const std::optional<Tensor>& bias_r, const Tensor& weight_t,
                                                     const std::optional<Tensor>& bias_t, const Tensor& c0,
-                                                    const std::optional<Tensor>& /*td_mask: backward only*/,
-                                                    int64_t act_r, int64_t act_t, int64_t merge) {
+                                                    const std::optional<Tensor>& td_mask, int64_t act_r,
+                                                    int64_t act_t, int64_t merge) {
   const Tensor br = or_undefined(bias_r), bt = or_undefined(bias_t);
-  check_devices(x, {&weight_r, &br, &weight_t, &bt, &c0});
+  const Options opt{act_r, act_t, merge};
+  check_forward_args(x, weight_r, bias_r, weight_t, bias_t, c0, opt);  // also: every tensor on x's device
+  check_td_mask(x, td_mask);  // used in backward only, but a bad mask fails where it is passed
   const c10::cuda::CUDAGuard guard(x.device());
   // The internal convolutions run in the op's dtype even when called inside an autocast region (the
   // AutocastCUDA kernel below has already cast the inputs).
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  const Options opt{act_r, act_t, merge};
-  if (x.dim() == 5 && weight_r.dim() == 4 && use_graphs(x, weight_r.size(0))) {
-    check_forward_args(x, weight_r, bias_r, weight_t, bias_t, c0, opt);
+  if (use_graphs(x, weight_r.size(0))) {
     const std::vector<Tensor> inputs{x, weight_r, br, weight_t, bt, c0};
     const auto out = GraphCache::get().run(graph_key("fwd", inputs, opt), inputs, [opt](const std::vector<Tensor>& in) {
       auto [o, c, r] = cbm_forward_impl(in[0], in[1], opt_tensor(in[2]), in[3], opt_tensor(in[4]), in[5], opt,
@@ -341,11 +333,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cuda(
     const Tensor& c0, const Tensor& r, const Tensor& c, const std::optional<Tensor>& td_mask, int64_t act_r,
     int64_t act_t, int64_t merge) {
   const Tensor td = or_undefined(td_mask);
-  check_devices(x, {&grad_o, &grad_c, &weight_r, &weight_t, &c0, &r, &c, &td});
   const c10::cuda::CUDAGuard guard(x.device());
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);  // backward inside autocast
   const Options opt{act_r, act_t, merge};
-  if (x.dim() == 5 && weight_r.dim() == 4 && use_graphs(x, weight_r.size(0))) {
+  check_backward_args(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, opt);  // never inside a capture
+  if (use_graphs(x, weight_r.size(0))) {
     const std::vector<Tensor> inputs{grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td};
     const auto out = GraphCache::get().run(graph_key("bwd", inputs, opt), inputs, [opt](const std::vector<Tensor>& in) {
       auto [gx, gwr, gbr, gwt, gbt, gc0] =

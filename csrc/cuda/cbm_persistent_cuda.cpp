@@ -50,6 +50,9 @@ Mode mode() {
 
 // The kernels index one step's state with 32-bit ints (offsets across steps are 64-bit).
 std::optional<pk::Problem> problem_of(const Tensor& c, const Tensor& w_tc, Options opt) {
+  // The driver never passes an empty problem (csrc/cbm_recurrence.cpp returns first); refuse one anyway, since
+  // the work split divides by and launches with these sizes.
+  if (c.dim() != 5 || c.numel() == 0 || w_tc.dim() != 4 || w_tc.size(-1) < 1) return std::nullopt;
   const int64_t B = c.size(1), C = c.size(2), H = c.size(3), W = c.size(4), KS = w_tc.size(-1);
   const int64_t limit = std::numeric_limits<int32_t>::max() / 64;
   if (c.size(0) > limit || B * C * H * W > limit || KS * KS * C * pk::kBN > limit) return std::nullopt;

@@ -1,5 +1,5 @@
 """Training tools: the TD schedule, Overlap Coherence Training, and the loop behind ``deeprnn train``."""
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import UnsafeCheckpointError, load_checkpoint, save_atomic
 from .config import ConfigError, TrainConfig
 from .evaluate import EvalResult, evaluate
 from .loop import train
@@ -25,6 +25,7 @@ __all__ = [
     "SequenceClassifier",
     "TDSchedule",
     "TrainConfig",
+    "UnsafeCheckpointError",
     "check_clip_lengths",
     "evaluate",
     "load_checkpoint",

@@ -1,22 +1,42 @@
-"""Checkpoints written atomically: a crash mid-save never corrupts the last good one."""
+"""Checkpoints written atomically (a crash mid-save never corrupts the last good one) and read safely.
+
+Reading uses ``torch.load(weights_only=True)``: a checkpoint may hold tensors and plain data only (dicts, lists,
+tuples, numbers, strings, None), never objects whose unpickling runs code, so a file from elsewhere cannot
+execute anything when ``deeprnn train --resume`` or :func:`load_checkpoint` reads it. Everything the training
+loop saves (state dicts, optimizer state, RNG states, the config as a dict) is in torch's default weights-only
+allow-list, so no extra type is allow-listed; a test saves a real checkpoint and reads it back this way.
+"""
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, BinaryIO, Callable, Dict
 
 import torch
 
+FAULT_PAUSE_ENV = "DEEPRNN_TEST_CHECKPOINT_PAUSE"
+"""Test hook: seconds to wait with a new checkpoint written to its temporary file but not yet in place, so that
+the fault test (tests/test_fault_resume.py) can land a SIGKILL inside a checkpoint write. Unset: no pause."""
 
-def save_atomic(obj: Dict[str, Any], path: Path) -> None:
-    """``torch.save`` to a temporary file in ``path``'s folder, fsync it, then ``os.replace`` it over ``path``."""
+
+class UnsafeCheckpointError(ValueError):
+    """The checkpoint holds something other than tensors and plain data (e.g. a pickled callable): refused."""
+
+
+def _replace_atomically(path: Path, write: Callable[[BinaryIO], None], pause: float = 0.0) -> None:
+    """``write`` a temporary file in ``path``'s folder, fsync it, then ``os.replace`` it over ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
+            if pause > 0:
+                time.sleep(pause)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -25,9 +45,39 @@ def save_atomic(obj: Dict[str, Any], path: Path) -> None:
         raise
 
 
+def save_atomic(obj: Dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file in ``path``'s folder, fsync it, then ``os.replace`` it over ``path``."""
+    _replace_atomically(path, lambda f: torch.save(obj, f), float(os.environ.get(FAULT_PAUSE_ENV) or 0))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path``'s content by ``text`` so that a reader (or a resumed run) sees the old or the new file,
+    never a truncated one."""
+    _replace_atomically(path, lambda f: f.write(text.encode()))
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files a killed writer of ``path`` left behind (the last good ``path`` is untouched)."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Load a checkpoint written by :func:`save_atomic` onto the CPU."""
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """Load a checkpoint written by :func:`save_atomic` onto the CPU, tensors and plain data only.
+
+    Raises :class:`UnsafeCheckpointError` (one line, naming the offending global) for a file that would need to
+    run code to load, e.g. one carrying a pickled callable; the file is only read.
+    """
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"the global {found.group(1)}" if found else "an object that is not a tensor or plain data"
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it holds {what}, and a checkpoint may hold only tensors and plain data "
+            "(loading it could run code)"
+        ) from None
 
 
 def rng_state() -> Dict[str, Any]:

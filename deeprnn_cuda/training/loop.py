@@ -13,7 +13,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..data import SequenceDataset, make_task
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import (
+    UnsafeCheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from .config import ConfigError, TrainConfig, learning_rate
 from .distributed import DistInfo, barrier, init_distributed, local_device, shutdown
 from .evaluate import EvalResult, evaluate
@@ -35,8 +42,11 @@ def _check_resume(cfg: TrainConfig, path: Path) -> Dict:
         raise ConfigError("--resume", f"no checkpoint to resume from at {path}")
     try:
         ckpt = load_checkpoint(path)
+    except UnsafeCheckpointError as e:  # a file that would run code to load: refused, and left as it is
+        raise ConfigError("--resume", str(e)) from None
     except Exception as e:  # a truncated or foreign file: say so in one line
-        raise ConfigError("--resume", f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError("--resume", f"cannot read checkpoint {path}: {type(e).__name__}: {first_line}") from None
     theirs, ours = ckpt.get("architecture"), cfg.architecture()
     if theirs != ours:
         diff = ", ".join(f"{k}={theirs.get(k)!r} (asked {ours[k]!r})" for k in ours if not theirs or theirs.get(k) != ours[k])
@@ -105,6 +115,8 @@ def _train(
     records = [r for r in read_metrics(out_dir / METRICS) if r["epoch"] < start_epoch] if ckpt else []
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for written in (CHECKPOINT, METRICS):  # what a killed run may have left half written
+            remove_stale_temporaries(out_dir / written)
     result: Optional[EvalResult] = None
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from .checkpoint import write_text_atomic
+
 
 def read_metrics(path: Path) -> List[Dict]:
     """Every record in a ``metrics.jsonl`` file (an empty list if there is none)."""
@@ -15,8 +17,9 @@ def read_metrics(path: Path) -> List[Dict]:
 
 
 def write_metrics(path: Path, records: Sequence[Dict]) -> None:
-    """Rewrite ``metrics.jsonl`` with ``records``."""
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in records))
+    """Rewrite ``metrics.jsonl`` with ``records``, atomically: a run killed mid-write leaves the previous file,
+    which a resumed run reads, never a truncated line."""
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _pyplot():

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import td_keep_mask
+from .._checks import check_op_args, check_op_backward_args, td_keep_mask
 from .._op_autograd import cbm_backward_fake, cbm_forward_fake, register_cbm_autograd
 from . import kernels
 
@@ -48,10 +48,11 @@ def _input_projection(x, weight_r, bias_r, weight_t, bias_t):
                 bias_r if bias_r is not None else weight_r.new_zeros(C),
                 bias_t if bias_t is not None else weight_t.new_zeros(C),
             ])
-        p = F.conv2d(xf, w, bias, padding=k_r // 2)
+        # contiguous: a channels_last weight makes conv2d answer in channels_last, and the kernels read NCHW images
+        p = F.conv2d(xf, w, bias, padding=k_r // 2).contiguous()
         return p[:, :C], p[:, C:], 2 * C * H * W, 2 * C * H * W
-    p_r = F.conv2d(xf, weight_r, bias_r, padding=k_r // 2)
-    p_x = F.conv2d(xf, w_tx, bias_t, padding=k_t // 2)
+    p_r = F.conv2d(xf, weight_r, bias_r, padding=k_r // 2).contiguous()
+    p_x = F.conv2d(xf, w_tx, bias_t, padding=k_t // 2).contiguous()
     return p_r, p_x, C * H * W, C * H * W
 
 
@@ -75,6 +76,8 @@ def cbm_forward(
     merge: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """CBM forward over the sequence: returns ``(o, c, r)``, each ``(T, B, C, H, W)``."""
+    # Direct callers get cbm_layer's ValueErrors: the kernels index with these sizes and cannot check bounds.
+    check_op_args(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge)
     with device_guard(x):
         return _forward(x, weight_r, bias_r, weight_t, bias_t, c0, act_r, act_t, merge)
 
@@ -82,14 +85,15 @@ def cbm_forward(
 def _forward(x, weight_r, bias_r, weight_t, bias_t, c0, act_r, act_t, merge):
     T, B, C_in, H, W = x.shape
     C = weight_r.shape[0]
-    x = x.contiguous()
-    c0 = c0.contiguous()
-    p_r, p_x, s_r, s_x = _input_projection(x, weight_r, bias_r, weight_t, bias_t)
     o = x.new_empty(T, B, C, H, W)
     c = torch.empty_like(o)
     r = torch.empty_like(o)
-    if T > 0:
-        kernels.forward_recurrence(p_r, p_x, s_r, s_x, weight_t[:, C_in:], c0, c, o, r, act_r, act_t, merge)
+    if o.numel() == 0:  # nothing to compute, and no zero-size grid to launch
+        return o, c, r
+    x = x.contiguous()
+    c0 = c0.contiguous()
+    p_r, p_x, s_r, s_x = _input_projection(x, weight_r, bias_r, weight_t, bias_t)
+    kernels.forward_recurrence(p_r, p_x, s_r, s_x, weight_t[:, C_in:], c0, c, o, r, act_r, act_t, merge)
     return o, c, r
 
 
@@ -132,6 +136,7 @@ def cbm_backward(
     merge: int,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients ``(dx, dW_r, db_r, dW_t, db_t, dc0)`` of the CBM layer (TD cuts only ``dx``'s T path)."""
+    check_op_backward_args(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge)
     with device_guard(x):
         return _backward(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge)
 
@@ -139,6 +144,9 @@ def cbm_backward(
 def _backward(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge):
     T, B, C_in, H, W = x.shape
     C = weight_r.shape[0]
+    if c.numel() == 0:  # an empty sequence, batch or image: zero gradients
+        return (torch.zeros_like(x), torch.zeros_like(weight_r), weight_r.new_zeros(C), torch.zeros_like(weight_t),
+                weight_t.new_zeros(C), torch.zeros_like(c0))
     x = x.contiguous()
     grad_o, grad_c, c, r, c0 = (t.contiguous() for t in (grad_o, grad_c, c, r, c0))
     w_tx = weight_t[:, :C_in].contiguous()
@@ -160,8 +168,9 @@ def _backward(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, a
         dx_t = conv_bwd(masked, xf, w_tx, False, [True, False, False])[0]
     dw_tc = recurrent_weight_grad(dgx, c0, c, w_tc.contiguous())  # from (c_{t-1}, dG_t)
     dw_t = torch.cat([dw_tx, dw_tc], 1)
-    dx = (dx_r + dx_t).view(T, B, C_in, H, W)
-    # Contiguous, as the fake kernel says (a weight's own layout can carry into convolution_backward's result).
+    # Contiguous, as the fake kernel says: a weight's own layout (channels_last) carries into
+    # convolution_backward's results.
+    dx = (dx_r + dx_t).contiguous().view(T, B, C_in, H, W)
     return dx, dw_r.contiguous(), db_r, dw_t, db_t, dc0
 
 

@@ -1,0 +1,58 @@
+"""Peak CPU memory of one training step (forward + backward) per contender: ``python -m benchmarks.memory``.
+
+The peak is the largest total of bytes allocated through PyTorch's CPU allocator and not yet freed during the
+step, from the allocation and free events the profiler records with ``profile_memory=True``. Memory held before
+the step (weights, input, the ``.grad`` buffers a warm-up step allocated) is not counted, so the figure is what
+the step itself needs: activations saved for backward, workspaces and gradients in flight.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+from typing import Callable, Dict
+
+import torch
+from torch._C._autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.cases import CPU_SHAPES, Shape, contenders
+
+
+def peak_bytes(fn: Callable[[], None]) -> int:
+    """Peak bytes allocated (net of frees) by ``fn`` through the CPU allocator, from the profiler's events."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # kineto_results holds the raw allocation events ("[memory]", signed nbytes) in the order they happened.
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        if e.device_type() == DeviceType.CPU:
+            current += e.nbytes()
+            peak = max(peak, current)
+    return peak
+
+
+def training_step_peaks(shape: Shape) -> Dict[str, int]:
+    """Contender name -> peak bytes of one float32 forward + backward (after one warm-up step)."""
+    peaks = {}
+    for name, fn in contenders(shape).items():
+        fn(True)  # warm-up: allocates the .grad buffers, initialises oneDNN
+        peaks[name] = peak_bytes(lambda: fn(True))
+    return peaks
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}, float32, peak bytes of one fwd+bwd step via the CPU allocator")
+    print("| shape | contender | peak MiB | vs reference |")
+    print("|---|---|---:|---:|")
+    for shape in CPU_SHAPES:
+        peaks = training_step_peaks(shape)
+        for name, peak in peaks.items():
+            print(f"| {shape} | {name} | {peak / 2**20:.2f} | {peak / peaks['reference']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
