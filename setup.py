@@ -14,13 +14,16 @@ import platform
 import sys
 
 import torch
+from setuptools import setup
 
 # torch logs its own toolkit guess on import (e.g. /usr/local for a wrapper /usr/local/bin/nvcc); BuildExt checks
-# the candidates and prints the toolkit it really uses, so that guess would only mislead.
-logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+# the candidates and prints the toolkit it really uses, so that guess would only mislead. Later warnings stay.
+_torch_log = logging.getLogger("torch.utils.cpp_extension")
+_torch_log.setLevel(logging.ERROR)
 import torch.utils.cpp_extension as cpp_extension  # noqa: E402
-from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+_torch_log.setLevel(logging.NOTSET)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NAME = "deeprnn_cuda._C"
@@ -66,6 +69,8 @@ def _extension(cuda, simd, generated_dir: str):
 
 class BuildExt(BuildExtension):
     """torch's BuildExtension, deciding CUDA and SIMD when it builds (so sdist and egg_info never probe or fail)."""
+
+    _for_this_host = False
 
     def run(self):
         # setuptools clears `inplace` before build_extensions runs; editable installs set editable_mode instead.
