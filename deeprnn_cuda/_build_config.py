@@ -125,7 +125,7 @@ def _search_roots(patterns: Sequence[str], torch_cuda: str) -> List[str]:
 
 def candidates(env: Mapping[str, str], torch_cuda: str,
                search_roots: Sequence[str] = SEARCH_ROOTS) -> Iterator[Tuple[str, str]]:
-    """``(root, how it was found)`` in the order they are tried; each root once."""
+    """``(root, how it was found)`` in the order they are tried (a root may come twice; it is tried once)."""
     for name in ("CUDA_HOME", "CUDA_PATH"):
         if env.get(name):
             yield env[name], name
@@ -153,7 +153,7 @@ def decide_cuda(env: Mapping[str, str], torch_cuda: Optional[str], torch_hip: Op
         raise BuildConfigError(f"{FORCE_CPU}=1 and {REQUIRE_CUDA}=1 contradict each other; unset one")
     decision = _decide(env, torch_cuda, torch_hip, force_cpu, search_roots)
     if require and not decision.use_cuda:
-        raise BuildConfigError(f"{REQUIRE_CUDA}=1 but the {decision.line()}")
+        raise BuildConfigError(f"{REQUIRE_CUDA}=1, but the CUDA kernels cannot be compiled: {decision.reason}")
     return decision
 
 

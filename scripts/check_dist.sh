@@ -2,7 +2,8 @@
 # The builds users run, from a copy of the working tree (what a clone has: no build/, no .so):
 #   1. `python -m build --sdist`, checked to carry the C++/CUDA sources and headers;
 #   2. that sdist installed with `pip install --no-build-isolation` into a fresh venv;
-#   3. `pip wheel --no-build-isolation .` and its wheel installed into another fresh venv.
+#   3. `pip install --no-build-isolation .` (not editable) into another;
+#   4. `pip wheel --no-build-isolation .` and its wheel installed into a third.
 # Each install must import from its venv, run the native op against the reference, and record its build
 # decisions; the wheel's library must hold no AVX instruction (it may run on any x86-64 CPU).
 # The fresh venvs reuse the building Python's torch and dependencies (one .pth line) instead of downloading
@@ -68,6 +69,11 @@ echo "== pip install --no-build-isolation <sdist> into a fresh venv"
 fresh_venv "$WORK/venv-sdist"
 pip_in "$WORK/venv-sdist" install -q --no-build-isolation --no-deps "$SDIST"
 check_install "$WORK/venv-sdist"
+
+echo "== pip install --no-build-isolation . into a fresh venv"
+fresh_venv "$WORK/venv-tree"
+pip_in "$WORK/venv-tree" install -q --no-build-isolation --no-deps "$WORK/src"
+check_install "$WORK/venv-tree"
 
 echo "== pip wheel --no-build-isolation . ; its wheel into a fresh venv"
 pip_in "$WORK/venv-sdist" wheel -q --no-build-isolation --no-deps -w "$WORK/wheels" "$WORK/src"

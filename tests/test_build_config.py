@@ -137,7 +137,7 @@ def test_force_cpu_wins_over_a_usable_toolkit(tmp_path):
 
 
 def test_require_cuda_makes_a_missing_toolkit_an_error(tmp_path):
-    with pytest.raises(bc.BuildConfigError, match="DEEPRNN_REQUIRE_CUDA=1 but the CUDA kernels not compiled: no usable"):
+    with pytest.raises(bc.BuildConfigError, match="DEEPRNN_REQUIRE_CUDA=1, but the CUDA kernels cannot be compiled: no usable"):
         decide({"DEEPRNN_REQUIRE_CUDA": "1"}, search=[str(tmp_path / "cuda")])
     with pytest.raises(bc.BuildConfigError, match="torch is a CPU-only build"):
         decide({"DEEPRNN_REQUIRE_CUDA": "1"}, torch_cuda=None)
