@@ -229,9 +229,10 @@ def decide_cpu_simd(env: Mapping[str, str], for_this_host: bool, machine: str, h
     if not for_this_host:
         return SimdDecision((), f"a wheel may run on any x86-64 CPU (set {CPU_SIMD}=1 to build for AVX2 CPUs)"
                             if x86 else f"{machine} build")
+    here = "in-place or editable build for this host"
     if x86 and host_avx2:
-        return SimdDecision(AVX2_FLAGS, "in-place build for this host, which has AVX2 and FMA")
-    return SimdDecision((), "in-place build for this host, which lacks AVX2/FMA" if x86 else f"{machine} build")
+        return SimdDecision(AVX2_FLAGS, f"{here}, which has AVX2 and FMA")
+    return SimdDecision((), f"{here}, which lacks AVX2/FMA" if x86 else f"{machine} build")
 
 
 BUILD_INFO_HEADER = "deeprnn_build_info.h"

@@ -26,7 +26,8 @@ for f in filter(os.path.isfile, files):
 EOF
 
 echo "== sdist"
-"$PY" -m build --sdist --no-isolation --outdir "$WORK/dist" "$WORK/src" > "$WORK/sdist.log" 2>&1 || { cat "$WORK/sdist.log"; exit 1; }
+"$PY" -m build --sdist --no-isolation --outdir "$WORK/dist" "$WORK/src" > "$WORK/sdist.log" 2>&1 ||
+  { cat "$WORK/sdist.log"; exit 1; }
 SDIST="$(ls "$WORK"/dist/*.tar.gz)"
 listing="$(tar tzf "$SDIST")"
 for f in setup.py pyproject.toml MANIFEST.in CMakeLists.txt deeprnn_cuda/_build_config.py csrc/ops.cpp csrc/cbm.h \

@@ -23,8 +23,8 @@ def _script(path, body):
 def toolkit(root, version="13.0", headers=True, dryrun=True):
     """A fake CUDA toolkit at ``root`` whose nvcc reports ``version``."""
     here = f"echo '#$ _HERE_={root}/bin'" if dryrun else "exit 1"
-    _script(root / "bin" / "nvcc",
-            f'case "$*" in *--dryrun*) {here} ;; *) echo "Cuda compilation tools, release {version}, V{version}.1" ;; esac\n')
+    release = f'echo "Cuda compilation tools, release {version}, V{version}.1"'
+    _script(root / "bin" / "nvcc", f'case "$*" in *--dryrun*) {here} ;; *) {release} ;; esac\n')
     if headers:
         (root / "include").mkdir(parents=True, exist_ok=True)
         (root / "include" / "cuda_runtime.h").write_text("")
@@ -137,7 +137,7 @@ def test_force_cpu_wins_over_a_usable_toolkit(tmp_path):
 
 
 def test_require_cuda_makes_a_missing_toolkit_an_error(tmp_path):
-    with pytest.raises(bc.BuildConfigError, match="DEEPRNN_REQUIRE_CUDA=1, but the CUDA kernels cannot be compiled: no usable"):
+    with pytest.raises(bc.BuildConfigError, match="REQUIRE_CUDA=1, but the CUDA kernels cannot be compiled: no usable"):
         decide({"DEEPRNN_REQUIRE_CUDA": "1"}, search=[str(tmp_path / "cuda")])
     with pytest.raises(bc.BuildConfigError, match="torch is a CPU-only build"):
         decide({"DEEPRNN_REQUIRE_CUDA": "1"}, torch_cuda=None)
@@ -171,7 +171,7 @@ def test_this_machines_wrapper_layout(tmp_path):
 
 
 @pytest.mark.parametrize("env, for_host, machine, avx2, flags, says", [
-    ({}, True, "x86_64", True, bc.AVX2_FLAGS, "in-place build for this host"),
+    ({}, True, "x86_64", True, bc.AVX2_FLAGS, "in-place or editable build for this host, which has"),
     ({}, True, "x86_64", False, (), "lacks AVX2"),
     ({}, False, "x86_64", True, (), "a wheel may run on any x86-64 CPU"),
     ({"DEEPRNN_CPU_SIMD": "1"}, False, "x86_64", False, bc.AVX2_FLAGS, "DEEPRNN_CPU_SIMD=1"),

@@ -1,5 +1,7 @@
-"""The sdist and wheel builds users run install into fresh venvs and work (scripts/check_dist.sh, CPU-only to keep
-it to two short C++ builds (the wheel of `pip wheel .` reuses the objects of `pip install .`); the CUDA compile through setup.py is CI's install and tests/test_build_real.py)."""
+"""The sdist and wheel builds users run install into fresh venvs and work (scripts/check_dist.sh).
+
+CPU-only, to keep it to two short C++ builds (`pip wheel .` reuses the objects of `pip install .`); setup.py's
+CUDA compile is covered by CI's install and tests/test_build_real.py."""
 import os
 import platform
 import shutil
