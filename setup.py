@@ -1,62 +1,113 @@
 """Build of the deeprnn_cuda._C extension.
 
-The CUDA kernels are compiled when torch is a CUDA build and a CUDA toolkit is found (CUDA_HOME or nvcc on
-PATH); a GPU need not be present. Otherwise the extension is CPU-only. DEEPRNN_FORCE_CPU=1 skips CUDA;
-DEEPRNN_CPU_SIMD=0 builds the CPU kernels without AVX2 (for a machine other than the build host).
+The CUDA kernels are compiled when torch is a CUDA build and a usable CUDA toolkit is found (see
+deeprnn_cuda/_build_config.py for where it looks and what it checks); a GPU need not be present. Otherwise the
+extension is CPU-only, and the build says why in one line. DEEPRNN_FORCE_CPU=1 skips CUDA; DEEPRNN_REQUIRE_CUDA=1
+makes a missing toolkit an error; DEEPRNN_CPU_SIMD=1/0 forces the CPU kernels' AVX2 flags on/off (by default
+only in-place and editable builds use them, on a host that has AVX2). `deeprnn info` shows what was decided.
 """
 import glob
+import importlib.util
+import logging
 import os
 import platform
+import sys
 
 import torch
 from setuptools import setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+# torch logs its own toolkit guess on import (e.g. /usr/local for a wrapper /usr/local/bin/nvcc); BuildExt checks
+# the candidates and prints the toolkit it really uses, so that guess would only mislead. Later warnings stay.
+_torch_log = logging.getLogger("torch.utils.cpp_extension")
+_torch_log.setLevel(logging.ERROR)
+import torch.utils.cpp_extension as cpp_extension  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+_torch_log.setLevel(logging.NOTSET)
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+NAME = "deeprnn_cuda._C"
+
+
+def _load_build_config():
+    """deeprnn_cuda/_build_config.py, by path: the package itself is not importable while it is being built."""
+    path = os.path.join(ROOT, "deeprnn_cuda", "_build_config.py")
+    spec = importlib.util.spec_from_file_location("_deeprnn_build_config", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+build_config = _load_build_config()
 
 
 def _sources(pattern: str) -> list:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
-def _build_cuda() -> bool:
-    if os.environ.get("DEEPRNN_FORCE_CPU") == "1":
-        return False
-    # Decide from the toolchain, not from torch.cuda.is_available(): CI compiles with no GPU present.
-    return torch.version.cuda is not None and CUDA_HOME is not None
+def _cpu_sources() -> list:
+    return _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
 
 
-def _host_has_avx2() -> bool:
-    """AVX2+FMA on the build host (the extension is built where it runs, like -march=native)."""
-    if platform.machine() not in ("x86_64", "AMD64") or os.environ.get("DEEPRNN_CPU_SIMD") == "0":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx2" in flags and "fma" in flags
-
-
-def extension():
-    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
-    cxx = ["-O3"]  # torch picks the C++ standard its headers need
-    if _host_has_avx2():
-        cxx += ["-mavx2", "-mfma"]  # the CPU epilogues then use ATen's AVX2 Vectorized<T>
-    if not _build_cuda():
-        return CppExtension("deeprnn_cuda._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=False)
+def _extension(cuda, simd, generated_dir: str):
+    """The extension as decided: CUDA or CPU-only, with the SIMD flags and the build-info header's folder."""
+    cxx = ["-O3", *simd.flags]  # torch picks the C++ standard its headers need
+    if not cuda.use_cuda:
+        return CppExtension(NAME, _cpu_sources(), include_dirs=[generated_dir], extra_compile_args={"cxx": cxx},
+                            py_limited_api=False)
+    # torch's own guess (CUDA_HOME, else the folder above nvcc on PATH) is read at import; use the checked one.
+    cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"] = cuda.home
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         # With no visible GPU torch cannot infer the architectures (and crashes trying): Ampere + Hopper.
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DDEEPRNN_WITH_CUDA"]
-    return CUDAExtension(
-        "deeprnn_cuda._C",
-        sources + _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp"),
-        extra_compile_args={"cxx": cxx + ["-DDEEPRNN_WITH_CUDA"], "nvcc": nvcc},
-    )
+    return CUDAExtension(NAME, _cpu_sources() + _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp"),
+                         include_dirs=[generated_dir],
+                         extra_compile_args={"cxx": cxx + ["-DDEEPRNN_WITH_CUDA"], "nvcc": nvcc})
+
+
+class BuildExt(BuildExtension):
+    """torch's BuildExtension, deciding CUDA and SIMD when it builds (so sdist and egg_info never probe or fail)."""
+
+    _for_this_host = False
+
+    def run(self):
+        # setuptools clears `inplace` before build_extensions runs; editable installs set editable_mode instead.
+        self._for_this_host = bool(self.inplace or getattr(self, "editable_mode", False))
+        super().run()
+
+    def build_extensions(self):
+        try:
+            cuda = build_config.decide_cuda(os.environ, torch.version.cuda, getattr(torch.version, "hip", None))
+            simd = build_config.decide_cpu_simd(os.environ, self._for_this_host, platform.machine(),
+                                                build_config.cpu_has_avx2())
+        except build_config.BuildConfigError as e:
+            raise SystemExit(f"deeprnn_cuda: {e}") from None
+        print(f"deeprnn_cuda: {cuda.line()}", flush=True)
+        print(f"deeprnn_cuda: {simd.line()}", flush=True)
+        generated = os.path.abspath(os.path.join(self.build_temp, "deeprnn_generated"))
+        _write_if_changed(os.path.join(generated, build_config.BUILD_INFO_HEADER),
+                          build_config.build_info_header(build_config.build_info(cuda, simd)))
+        # Replace the placeholder's settings in place: build_ext has already annotated that object.
+        (ext,) = self.extensions
+        vars(ext).update({k: v for k, v in vars(_extension(cuda, simd, generated)).items() if not k.startswith("_")})
+        super().build_extensions()
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    """Write ``text`` unless it is there already (an unchanged header must not trigger a recompile)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+    with open(path, "w") as f:
+        f.write(text)
 
 
 setup(
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    # A CPU-only placeholder: BuildExt decides the real sources and flags when it builds.
+    ext_modules=[CppExtension(NAME, _cpu_sources(), py_limited_api=False)],
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

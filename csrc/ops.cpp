@@ -4,6 +4,16 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+
+// setup.py writes this header into its build folder: the toolkit and SIMD decisions, as JSON. Builds that do not
+// (CMake) record nothing.
+#if __has_include("deeprnn_build_info.h")
+#include "deeprnn_build_info.h"
+#else
+#define DEEPRNN_BUILD_INFO "{}"
+#endif
+
 extern "C" {
 // An empty module: `from . import _C` only loads the shared library, whose static initializers register
 // the ops (the pattern of pytorch/extension-cpp; no pybind11 needed).
@@ -37,6 +47,8 @@ bool cuda_compiled() {
 #endif
 }
 
+std::string build_info() { return DEEPRNN_BUILD_INFO; }
+
 TORCH_LIBRARY(deeprnn, m) {
   m.def(
       "cbm_forward(Tensor x, Tensor weight_r, Tensor? bias_r, Tensor weight_t, Tensor? bias_t, Tensor c0, "
@@ -46,6 +58,7 @@ TORCH_LIBRARY(deeprnn, m) {
       "Tensor r, Tensor c, Tensor? td_mask, int act_r, int act_t, int merge) -> (Tensor grad_x, "
       "Tensor grad_weight_r, Tensor grad_bias_r, Tensor grad_weight_t, Tensor grad_bias_t, Tensor grad_c0)");
   m.def("cuda_compiled() -> bool", &cuda_compiled);
+  m.def("build_info() -> str", &build_info);
   m.def("cuda_persistent_launches() -> int", &cuda_persistent_launches);
 }
 

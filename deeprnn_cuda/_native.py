@@ -6,7 +6,8 @@ formula, which calls the backward op.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import json
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -15,7 +16,7 @@ from ._op_autograd import cbm_backward_fake, cbm_forward_fake, register_cbm_auto
 
 BUILD_HINT = (
     "build the extension with `pip install --no-build-isolation -e .` from the repository root "
-    "(set CUDA_HOME=/usr/local/cuda to compile the CUDA kernels)"
+    "(it compiles the CUDA kernels when it finds a CUDA toolkit matching torch's; CUDA_HOME=... names one)"
 )
 
 try:
@@ -48,6 +49,15 @@ def unavailable_reason() -> str:
 def cuda_compiled() -> bool:
     """True when the extension was built with its CUDA kernels (a constant: safe to call while tracing)."""
     return _CUDA_COMPILED
+
+
+def build_info() -> Dict[str, object]:
+    """What setup.py decided when it built the extension: ``cuda_compiled``, and one line each for ``cuda``
+    (which toolkit, or why none) and ``cpu`` (the SIMD flags and why). Empty when the extension is missing,
+    predates the record, or was built without setup.py (CMake)."""
+    if not is_available() or not hasattr(torch.ops.deeprnn, "build_info"):
+        return {}
+    return json.loads(torch.ops.deeprnn.build_info())
 
 
 def supports(x: torch.Tensor) -> bool:

@@ -37,8 +37,11 @@ def backend_status() -> Dict[str, str]:
     triton_backend = _triton()
     status = {"reference": "available (pure PyTorch, CPU and CUDA)"}
     if native.is_available():
-        devices = "CPU and CUDA" if native.cuda_compiled() else "CPU only (CUDA kernels not compiled in)"
-        status["native"] = f"available ({devices})"
+        if native.cuda_compiled():
+            status["native"] = "available (CPU and CUDA)"
+        else:
+            why = native.build_info().get("cuda", "CUDA kernels not compiled in")
+            status["native"] = f"available (CPU only; {why})"
     else:
         status["native"] = f"not available: {native.unavailable_reason()}"
     if triton_backend.is_available():

@@ -147,6 +147,16 @@ def _config(args: argparse.Namespace, base: Optional[Dict] = None):
     return TrainConfig(**{**(base or {}), **given})
 
 
+def _native_build_lines() -> List[str]:
+    """setup.py's recorded decisions about the compiled extension: the CUDA toolkit and the CPU SIMD flags."""
+    from . import _native
+
+    info = _native.build_info()
+    # Without CUDA kernels the native backend's status line already says why.
+    keys = ("cuda", "cpu") if info.get("cuda_compiled") else ("cpu",)
+    return [str(info[key]) for key in keys if key in info]
+
+
 def cmd_info(_: argparse.Namespace) -> int:
     """Print the package, torch and CUDA versions and each backend's status."""
     import torch
@@ -163,6 +173,8 @@ def cmd_info(_: argparse.Namespace) -> int:
         print(f"CUDA not available ({built})")
     for backend, status in backend_status().items():
         print(f"backend {backend}: {status}")
+    for line in _native_build_lines():
+        print(f"build: {line}")
     paths = ", ".join(f"{var}={os.environ.get(var) or '0'}" for var in ("DEEPRNN_CUDA_PERSISTENT", "DEEPRNN_CUDA_GRAPHS"))
     print(f"auto on CUDA: {'measures native vs triton per shape' if autotune.enabled() else 'native first'} "
           f"(DEEPRNN_AUTOTUNE); native CUDA op: {paths}")
