@@ -81,8 +81,8 @@ stage build "$OUT/build.log" 300 60 "$PY" setup.py build_ext --inplace
 # 2. Backend info.
 stage info "$OUT/tests.log" 60 30 "$PY" -m deeprnn_cuda info
 
-# 3. GPU tests, the quick ones (CUDA kernels, the persistent kernels, Triton, auto's per-shape choice).
-GPU_TESTS=(tests/test_cuda.py tests/test_cuda_persistent.py tests/test_triton.py tests/test_autotune.py)
+# 3. GPU tests, the quick ones (CUDA kernels of every cell, the persistent kernels, Triton, auto's per-shape choice).
+GPU_TESTS=(tests/test_cuda.py tests/test_cuda_cells.py tests/test_cuda_persistent.py tests/test_triton.py tests/test_autotune.py)
 stage "pytest -m cuda (quick)" "$OUT/tests.log" 200 60 "$PY" -m pytest -q -m "cuda and not slow" -rfE \
   --durations=15 -p no:cacheprovider "${GPU_TESTS[@]}"
 
