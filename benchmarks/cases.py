@@ -140,12 +140,13 @@ def native_twin(cell: str, loop: nn.Module, shape: Shape) -> nn.Module:
     return model
 
 
-def cell_contenders(cell: str, shape: Shape, dtype: torch.dtype = torch.float32) -> Dict[str, Callable]:
+def cell_contenders(cell: str, shape: Shape, dtype: torch.dtype = torch.float32,
+                    device: str = "cpu") -> Dict[str, Callable]:
     """Name -> (train: bool) -> callable: one forward (inference under no_grad) or forward + backward of one
-    ``cell`` layer, the per-step loop and (when built) the native module."""
+    ``cell`` layer, the per-step loop and (when built for the device and dtype) the native module."""
     torch.manual_seed(0)
-    loop = loop_module(cell, shape).to(dtype=dtype)
-    x_tbc = torch.randn(shape.T, shape.B, shape.C_in, shape.H, shape.W, dtype=dtype)
+    loop = loop_module(cell, shape).to(device=device, dtype=dtype)
+    x_tbc = torch.randn(shape.T, shape.B, shape.C_in, shape.H, shape.W, device=device, dtype=dtype)
     x_loop = x_tbc.transpose(0, 1).contiguous() if cell == "cbm" else x_tbc  # the RBM is batch-first
 
     def runner(model: nn.Module, x: torch.Tensor) -> Callable[[bool], None]:
@@ -155,11 +156,11 @@ def cell_contenders(cell: str, shape: Shape, dtype: torch.dtype = torch.float32)
                 out = model(x)
                 out = out[0] if isinstance(out, tuple) else out
                 if train:
-                    out.sum().backward()
+                    out.float().sum().backward()
 
         return run
 
     fns = {LOOP: runner(loop, x_loop)}
-    if _native.is_available():
+    if _native.is_available() and _native.supports(x_tbc):
         fns["native"] = runner(native_twin(cell, loop, shape), x_tbc)
     return fns
