@@ -2,11 +2,10 @@
 every gradient), gradcheck, opcheck, torch.compile, autocast, the inference path, edge cases and errors."""
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cell_helpers import BIAS_CASES, CELLS, layer, make_cell_inputs, names, outputs, run_with_grads
-from deeprnn_cuda import _native, cbm_layer, convgru_layer, convgru_layer_ref, convlstm_layer, convlstm_layer_ref
+from deeprnn_cuda import _native, cbm_layer, convgru_layer_ref, convlstm_layer_ref
 from helpers import assert_close_rel, make_inputs
 
 COMPILED = ["native"] if _native.is_available() else []
