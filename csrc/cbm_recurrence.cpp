@@ -115,7 +115,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
     const Tensor& weight_t, const Tensor& c0_in, const Tensor& r, const Tensor& c,
     const std::optional<Tensor>& td_mask, Options opt, const StepKernels& kernels) {
   check_forward_args(x, weight_r, std::nullopt, weight_t, std::nullopt, c0_in, opt);
-  const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2);
   const int64_t C = weight_r.size(0);
   TORCH_CHECK_VALUE(grad_o_in.sizes() == c.sizes() && grad_c_in.sizes() == c.sizes() && r.sizes() == c.sizes() &&
                         c.dim() == 5 && c.size(0) == T,

@@ -71,6 +71,14 @@ struct Row {
     }
     return true;
   }
+  // Every operand contiguous or a broadcast scalar (stride 0: a zero or expanded gradient).
+  template <typename T>
+  bool contiguous_or_broadcast() const {
+    for (int i = 0; i < N; ++i) {
+      if (stride[i] != int64_t(sizeof(T)) && stride[i] != 0) return false;
+    }
+    return true;
+  }
   template <typename T>
   T* at(int i, int64_t j) const {
     return reinterpret_cast<T*>(ptr[i] + j * stride[i]);
@@ -123,16 +131,19 @@ void for_each_row(const std::array<Tensor, N>& operands, int num_outputs, F loop
 }
 
 // Runs f(load, store) over a row: load(i) reads operand i at the current element(s), store(i, v) writes it;
-// SIMD vectors where every operand is contiguous (float, double), then scalars in the accumulate type. f must
-// load everything before it stores: an output may alias an input (an in-place update).
+// SIMD vectors where every operand is contiguous or broadcast (float, double), then scalars in the accumulate
+// type. f must load everything before it stores: an output may alias an input (an in-place update).
 template <typename scalar_t, int N, typename F>
 inline void map_row(const Row<N>& row, int64_t n, F f) {
   int64_t j = 0;
   if constexpr (kSimd<scalar_t>) {
-    if (row.template contiguous<scalar_t>()) {
+    if (row.template contiguous_or_broadcast<scalar_t>()) {
       using V = Vec<scalar_t>;
       for (; j + V::size() <= n; j += V::size()) {
-        f([&](int i) { return V::loadu(row.template at<scalar_t>(i, j)); },
+        f([&](int i) {
+            const scalar_t* p = row.template at<scalar_t>(i, j);
+            return row.stride[i] == 0 ? V(*p) : V::loadu(p);
+          },
           [&](int i, const V& v) { v.store(row.template at<scalar_t>(i, j)); });
       }
     }
