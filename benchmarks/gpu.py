@@ -5,7 +5,9 @@ dtype (float32, bf16) and pass (fwd, fwd+bwd) it times, side by side in one proc
 the Triton backend, the authors' per-step eager formulation and ``torch.compile`` of the reference. Also a
 training step of a 15-layer CBM stack (C=64, 28x28, shortcuts every 2). Reports medians (CUDA events), % of
 roofline (FLOPs and minimum bytes against the measured matmul rate and copy bandwidth) and peak memory, and
-the geometric means of the fwd+bwd speed-ups. ``--quick`` runs tiny shapes (also on CPU) to check the script.
+the geometric means of the fwd+bwd speed-ups. Then every cell (CBM, ConvLSTM, ConvGRU): its native module
+against its per-step ``nn.Conv2d`` loop at shape M, train step and inference (the "vs eager" column is the
+speed-up over that loop). ``--quick`` runs tiny shapes (also on CPU) to check the script.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from benchmarks.cases import Shape
+from benchmarks.cases import BENCH_CELLS, LOOP, Shape, cell_contenders
 from deeprnn_cuda import CBM, _native, cbm_layer_ref
 from deeprnn_cuda import triton as triton_backend
 from deeprnn_cuda.authors import AuthorsRBM
@@ -28,6 +30,8 @@ from deeprnn_cuda.authors import AuthorsRBM
 CANONICAL = {"L": Shape(16, 16, 64, 64, 56, 56), "M": Shape(16, 16, 128, 128, 28, 28),
              "S": Shape(16, 16, 256, 256, 14, 14), "XS": Shape(16, 16, 512, 512, 7, 7)}
 QUICK = {"tiny": Shape(4, 2, 8, 8, 8, 8), "tiny2": Shape(3, 2, 16, 16, 6, 6)}  # two: the per-shape paths
+#: the shapes of the per-cell table
+CELL_SHAPES, CELL_SHAPES_QUICK = ("M",), ("tiny",)
 #: the contenders the geometric means take the best of (what backend="auto" can pick between)
 COMPILED = ("native", "native persistent", "triton")
 
@@ -222,6 +226,19 @@ def stack_contenders(device: torch.device, dtype: torch.dtype, quick: bool,
     return fns
 
 
+def cell_rows(label: str, s: Shape, dtype: torch.dtype, device: torch.device, repeats: int) -> List[str]:
+    """Table rows of every cell's native module against its per-step loop (NEVER RUN ON A GPU so far)."""
+    rows = []
+    for cell in BENCH_CELLS:
+        for train in (True, False):
+            fns = cell_contenders(cell, s, dtype, str(device))
+            times = median_times({k: (lambda f=f: f(train)) for k, f in fns.items()}, device, repeats)
+            for k, t in times.items():
+                rows.append(f"| {cell} {label} {s} | {str(dtype)[6:]} | {'train' if train else 'inference'} | {k} | "
+                            f"{t * 1e3:.3f} | | | {ratio(times, LOOP, t)} | |")
+    return rows
+
+
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
 CONTENDERS = ("authors eager", "native", "native persistent", "triton", "torch.compile(reference)")
 
@@ -238,6 +255,7 @@ def main() -> None:
     parser.add_argument("--compile-dtypes", default="float32",
                         help="dtypes in which torch.compile(reference) competes (each shape costs a compile)")
     parser.add_argument("--no-stack", action="store_true", help="skip the 15-layer training step")
+    parser.add_argument("--no-cells", action="store_true", help="skip the ConvLSTM / ConvGRU / CBM module rows")
     args = parser.parse_args()
     shapes = QUICK if args.quick else CANONICAL
     labels = split_names(args.shapes) or list(shapes)
@@ -283,6 +301,10 @@ def main() -> None:
                     for key, base in (("eager", "authors eager"), ("compile", "torch.compile(reference)")):
                         if base in times:
                             speedups[key].append(times[base] / best)
+        if not args.no_cells:
+            for label in labels:
+                if label in (CELL_SHAPES_QUICK if args.quick else CELL_SHAPES):
+                    table.add(*cell_rows(label, shapes[label], dtype, device, args.repeats))
         if args.no_stack:
             continue
         stack = stack_contenders(device, dtype, args.quick, wanted)

@@ -4,7 +4,6 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
 #include <functional>
 #include <optional>
 #include <tuple>
@@ -62,7 +61,8 @@ struct StepKernels {
                    const at::Tensor& c, const at::Tensor& dG, const at::Tensor& dP_r, Options opt);
   // Most elements (input plus output channels, times pixels, times images) per input-projection convolution,
   // forward and backward; 0 means all T*B images in one call. oneDNN runs large NCHW batches markedly slower
-  // per image than ~1M-element ones, while many tiny calls cost overhead, so the CPU goes a chunk at a time.
+  // per image than ~1M-element ones, while many tiny calls cost overhead, so the CPU goes a chunk at a time
+  // (chunk_steps, csrc/recurrence.h).
   int64_t conv_chunk_elements = 0;
   // Optional (null: always the per-step loop). Fills r, c, o for all T steps, either by calling step_loop (the
   // per-step path) or with its own kernels; it may run both, e.g. to time them. Called when one chunk covers T.
@@ -71,14 +71,14 @@ struct StepKernels {
   at::Tensor (*backward_sequence)(const BackwardSequence& seq, const std::function<at::Tensor()>& step_loop) = nullptr;
 };
 
-// Images per input-projection convolution call for `kernels` (at least 1, at most total).
-inline int64_t conv_chunk_images(const StepKernels& kernels, int64_t total, int64_t elements_per_image) {
-  if (kernels.conv_chunk_elements <= 0) return total;
-  return std::clamp<int64_t>(kernels.conv_chunk_elements / std::max<int64_t>(1, elements_per_image), 1, total);
-}
-
 // Returns (o, c, r), each (T, B, C, H, W); r = act_r(conv(x, W_r) + b_r) is kept for backward.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> cbm_forward_impl(
+    const at::Tensor& x, const at::Tensor& weight_r, const std::optional<at::Tensor>& bias_r,
+    const at::Tensor& weight_t, const std::optional<at::Tensor>& bias_t, const at::Tensor& c0, Options opt,
+    const StepKernels& kernels);
+
+// Inference: (o, c) only; r is never materialised (DESIGN.md section 7, the fast inference path).
+std::tuple<at::Tensor, at::Tensor> cbm_inference_impl(
     const at::Tensor& x, const at::Tensor& weight_r, const std::optional<at::Tensor>& bias_r,
     const at::Tensor& weight_t, const std::optional<at::Tensor>& bias_t, const at::Tensor& c0, Options opt,
     const StepKernels& kernels);

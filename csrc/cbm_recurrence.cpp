@@ -3,6 +3,7 @@
 // the CPU: StepKernels::conv_chunk_elements), and the time loop in C++ with one C -> C convolution and one
 // fused epilogue per step. Backward mirrors it; weight and input gradients are batched per chunk of steps.
 #include "cbm.h"
+#include "recurrence.h"
 
 #include <c10/util/Exception.h>
 
@@ -15,47 +16,11 @@ namespace {
 
 using at::Tensor;
 
-// Pads a square odd kernel with zeros to size k: "same" convolution with the padded kernel is unchanged.
-Tensor pad_kernel(const Tensor& w, int64_t k) {
-  const int64_t p = (k - w.size(-1)) / 2;
-  return p == 0 ? w : at::constant_pad_nd(w, {p, p, p, p});
-}
-
-// Undoes pad_kernel on a gradient.
-Tensor crop_kernel(const Tensor& g, int64_t k) {
-  const int64_t p = (g.size(-1) - k) / 2;
-  return p == 0 ? g : g.narrow(2, p, k).narrow(3, p, k);
-}
-
 // The representation weights and the x-half of the temporal weights stacked on output channels, so both
 // input projections are one convolution with 2C output channels.
 Tensor input_weight(const Tensor& weight_r, const Tensor& w_tx) {
   const int64_t k = std::max(weight_r.size(-1), w_tx.size(-1));
   return at::cat({pad_kernel(weight_r, k), pad_kernel(w_tx, k)}, 0);
-}
-
-// The gradient of a stride-1 "same" convolution with respect to its input is the same convolution with
-// the kernel flipped spatially and its channel axes swapped.
-Tensor transpose_kernel(const Tensor& w) { return w.flip({2, 3}).transpose(0, 1).contiguous(); }
-
-Tensor same_conv(const Tensor& input, const Tensor& weight) {
-  return at::conv2d(input, weight, {}, 1, weight.size(-1) / 2);
-}
-
-// Gradients of a stride-1 "same" convolution (with bias) for the outputs selected by mask.
-std::tuple<Tensor, Tensor, Tensor> conv_backward(const Tensor& grad, const Tensor& input, const Tensor& weight,
-                                                 std::array<bool, 3> mask) {
-  const int64_t p = weight.size(-1) / 2;
-  const std::array<int64_t, 1> bias_sizes{weight.size(0)};
-  return at::convolution_backward(grad, input, weight, at::IntArrayRef(bias_sizes), {1, 1}, {p, p}, {1, 1}, false,
-                                  {0, 0}, 1, mask);
-}
-
-// dtype and device of `t` (named `name`) must be x's.
-void check_like_x(const Tensor& x, const Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), name, " must have x's dtype ", x.scalar_type(), ", got ",
-                    t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == x.device(), name, " must be on x's device ", x.device(), ", got ", t.device());
 }
 
 }  // namespace
@@ -121,47 +86,64 @@ void check_td_mask(const Tensor& x, const std::optional<Tensor>& td_mask) {
   TORCH_CHECK_VALUE(td_mask->device() == x.device(), "td_mask must be on x's device ", x.device());
 }
 
-std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tensor& weight_r,
-                                                    const std::optional<Tensor>& bias_r, const Tensor& weight_t,
-                                                    const std::optional<Tensor>& bias_t, const Tensor& c0,
-                                                    Options opt, const StepKernels& kernels) {
+namespace {
+
+// The forward of both ops; without save_r, r is written over P_r in the chunk buffer instead of a (T, B, C, H, W)
+// tensor (the persistent kernels, which want one, still get it) and the returned r is undefined.
+std::tuple<Tensor, Tensor, Tensor> cbm_forward_any(const Tensor& x, const Tensor& weight_r,
+                                                   const std::optional<Tensor>& bias_r, const Tensor& weight_t,
+                                                   const std::optional<Tensor>& bias_t, const Tensor& c0,
+                                                   Options opt, const StepKernels& kernels, bool save_r) {
   check_forward_args(x, weight_r, bias_r, weight_t, bias_t, c0, opt);
   const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t C = weight_r.size(0);
   auto o = at::empty({T, B, C, H, W}, x.options());
   auto c = at::empty_like(o);
-  auto r = at::empty_like(o);
+  const int64_t steps = chunk_steps(kernels.conv_chunk_elements, T, B, (C_in + 2 * C) * H * W);
+  const bool sequence = kernels.forward_sequence != nullptr && steps >= T;
+  Tensor r = save_r || sequence ? at::empty_like(o) : Tensor();
   // Nothing to compute for an empty sequence, batch or image; returning here also keeps every size that is
-  // divided by (B below) or indexed with (the persistent kernels' problem) non-zero.
-  if (o.numel() == 0) return {o, c, r};
+  // divided by (B in chunk_steps' callers) or indexed with (the persistent kernels' problem) non-zero.
+  if (o.numel() == 0) return {o, c, save_r ? r : Tensor()};
 
   const Tensor w_tc = weight_t.narrow(1, C_in, C).contiguous();
   const Tensor bias = at::cat({bias_r.has_value() ? *bias_r : at::zeros({C}, x.options()),
                                bias_t.has_value() ? *bias_t : at::zeros({C}, x.options())});
   const Tensor w_in = input_weight(weight_r, weight_t.narrow(1, 0, C_in));
-  const Tensor x_c = x.contiguous();
-  const int64_t steps_per_chunk =
-      std::max<int64_t>(1, conv_chunk_images(kernels, T * B, (C_in + 2 * C) * H * W) / B);
-  for (int64_t t0 = 0; t0 < T; t0 += steps_per_chunk) {
-    const int64_t n = std::min(steps_per_chunk, T - t0);
+  project_forward(x, w_in, bias, kernels.conv_chunk_elements, [&](int64_t t0, int64_t n, const Tensor& P) {
     // P = [P_r | P_x] for the chunk's (t, b): (n, B, 2C, H, W).
-    const Tensor P = at::conv2d(x_c.narrow(0, t0, n).view({n * B, C_in, H, W}), w_in, bias, 1, w_in.size(-1) / 2)
-                         .contiguous()
-                         .view({n, B, 2 * C, H, W});
     const auto step_loop = [&]() {
       for (int64_t t = t0; t < t0 + n; ++t) {
         const Tensor rec = same_conv(t == 0 ? c0 : c[t - 1], w_tc);
-        kernels.forward(P[t - t0].narrow(1, 0, C), P[t - t0].narrow(1, C, C), rec, r[t], c[t], o[t], opt);
+        const Tensor p_r = P[t - t0].narrow(1, 0, C);
+        kernels.forward(p_r, P[t - t0].narrow(1, C, C), rec, r.defined() ? r[t] : p_r, c[t], o[t], opt);
       }
     };
-    if (kernels.forward_sequence != nullptr && n == T) {
+    if (sequence) {
       const Tensor p_r = P.narrow(2, 0, C), p_x = P.narrow(2, C, C), c0_c = c0.contiguous();
       kernels.forward_sequence(ForwardSequence{p_r, p_x, w_tc, c0_c, r, c, o, opt}, step_loop);
     } else {
       step_loop();
     }
-  }
-  return {o, c, r};
+  });
+  return {o, c, save_r ? r : Tensor()};
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tensor& weight_r,
+                                                    const std::optional<Tensor>& bias_r, const Tensor& weight_t,
+                                                    const std::optional<Tensor>& bias_t, const Tensor& c0,
+                                                    Options opt, const StepKernels& kernels) {
+  return cbm_forward_any(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kernels, /*save_r=*/true);
+}
+
+std::tuple<Tensor, Tensor> cbm_inference_impl(const Tensor& x, const Tensor& weight_r,
+                                              const std::optional<Tensor>& bias_r, const Tensor& weight_t,
+                                              const std::optional<Tensor>& bias_t, const Tensor& c0, Options opt,
+                                              const StepKernels& kernels) {
+  auto [o, c, r] = cbm_forward_any(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kernels, /*save_r=*/false);
+  return {o, c};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
@@ -169,7 +151,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
     const Tensor& weight_t, const Tensor& c0_in, const Tensor& r, const Tensor& c,
     const std::optional<Tensor>& td_mask, Options opt, const StepKernels& kernels) {
   check_backward_args(grad_o_in, grad_c_in, x, weight_r, weight_t, c0_in, r, c, td_mask, opt);
-  const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
+  const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2);
   const int64_t C = weight_r.size(0);
   if (c.numel() == 0) {  // empty sequence, batch or image: zero gradients, and no division by B below
     return {at::zeros_like(x), at::zeros_like(weight_r), at::zeros({C}, x.options()), at::zeros_like(weight_t),
@@ -181,69 +163,42 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
   const Tensor c0 = c0_in.contiguous();
   const Tensor w_tx = weight_t.narrow(1, 0, C_in), w_tc = weight_t.narrow(1, C_in, C);
   const Tensor w_tc_t = transpose_kernel(w_tc);
-
-  const int64_t TB = T * B;
-  const Tensor x_flat = x.contiguous().view({TB, C_in, H, W});
   const Tensor w_in = input_weight(weight_r, w_tx);
   Tensor keep;  // (T*B, 1, 1, 1): 0 where Temporal Dropout cuts dG's path into x
   if (td_mask.has_value()) {
     keep = td_mask->logical_not().to(x.scalar_type());
-    keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({TB, 1, 1, 1});
+    keep = (keep.dim() == 1 ? keep.view({T, 1}).expand({T, B}) : keep).reshape({T * B, 1, 1, 1});
   }
-  // Backward runs over chunks of time steps, last chunk first (see StepKernels::conv_chunk_elements). Per chunk:
-  // the sequential part (dG_t needs convT(dG_{t+1}, W_tc)) fills dP = [dP_r | dG] for its steps, laid out like
-  // the input projection's output; then the weight and input gradients of those steps are taken in a few
-  // batched convolutions. The chunk buffer is reused, so memory stays O(chunk), not O(T).
-  const int64_t steps = std::max<int64_t>(1, conv_chunk_images(kernels, TB, (C_in + 2 * C) * H * W) / B);
-  const Tensor dP = at::empty({std::min(steps, T), B, 2 * C, H, W}, x.options());
-  Tensor grad_x = steps >= T ? Tensor() : at::empty_like(x_flat);
-  Tensor grad_w_in, grad_bias, grad_w_tc, rec;
-  auto accumulate = [](Tensor& total, const Tensor& part) { total = total.defined() ? total.add_(part) : part; };
-  for (int64_t t1 = T; t1 > 0; t1 -= steps) {
-    const int64_t t0 = std::max<int64_t>(0, t1 - steps), n = t1 - t0;
-    const Tensor dP_r = dP.narrow(2, 0, C), dG = dP.narrow(2, C, C);
-    const auto step_loop = [&, rec_in = rec]() {  // repeatable: starts from the chunk's incoming gradient
-      Tensor rec_t = rec_in;
-      for (int64_t t = t1 - 1; t >= t0; --t) {
-        kernels.backward(grad_o[t], grad_c[t], rec_t, r[t], c[t], dG[t - t0], dP_r[t - t0], opt);
-        rec_t = same_conv(dG[t - t0], w_tc_t);  // convT(dG_t, W_tc): feeds step t-1; at t = 0 it is grad_c0
-      }
-      return rec_t;
-    };
-    if (kernels.backward_sequence != nullptr && n == T) {
-      const Tensor w_tc_c = w_tc.contiguous();
-      rec = kernels.backward_sequence(BackwardSequence{grad_o, grad_c, r, c, w_tc_c, c0, dG, dP_r, opt}, step_loop);
-    } else {
-      rec = step_loop();
-    }
-    // Recurrent weight: pairs (c_{t-1}, dG_t), the c0 pair apart so no concatenated copy of the states.
-    const Tensor dG_flat = dG.narrow(0, 0, n).reshape({n * B, C, H, W});
-    const int64_t first = t0 == 0 ? 1 : 0;  // steps whose previous state is c[t-1]
-    if (t0 == 0) accumulate(grad_w_tc, std::get<1>(conv_backward(dG[0], c0, w_tc, {false, true, false})));
-    if (n > first) {
-      accumulate(grad_w_tc, std::get<1>(conv_backward(dG_flat.narrow(0, first * B, (n - first) * B),
-                                                      c.narrow(0, t0 + first - 1, n - first).view({-1, C, H, W}),
-                                                      w_tc, {false, true, false})));
-    }
-    // Input projections: W_t and b_t see the full dG; with Temporal Dropout x sees the masked one.
-    const Tensor dp = dP.narrow(0, 0, n).view({n * B, 2 * C, H, W}), xs = x_flat.narrow(0, t0 * B, n * B);
-    auto [dx, gw, gb] = conv_backward(dp, xs, w_in, {!keep.defined(), true, true});
-    if (keep.defined()) {
-      Tensor dp_cut = dp.clone();
-      dp_cut.narrow(1, C, C).mul_(keep.narrow(0, t0 * B, n * B));
-      dx = std::get<0>(conv_backward(dp_cut, xs, w_in, {true, false, false}));
-    }
-    if (grad_x.defined()) {
-      grad_x.narrow(0, t0 * B, n * B).copy_(dx);
-    } else {
-      grad_x = dx;
-    }
-    accumulate(grad_w_in, gw);
-    accumulate(grad_bias, gb);
-  }
+  // Per chunk of steps (last first; see StepKernels::conv_chunk_elements) the sequential part (dG_t needs
+  // convT(dG_{t+1}, W_tc)) fills dP = [dP_r | dG]; the driver then batches the input projection's gradients.
+  Tensor grad_w_tc, rec;
+  auto [grad_x, grad_w_in, grad_bias] = project_backward(
+      x, w_in, kernels.conv_chunk_elements,
+      [&](int64_t t0, int64_t n, const Tensor& dP) {
+        const int64_t t1 = t0 + n;
+        const Tensor dP_r = dP.narrow(2, 0, C), dG = dP.narrow(2, C, C);
+        const auto step_loop = [&, rec_in = rec]() {  // repeatable: starts from the chunk's incoming gradient
+          Tensor rec_t = rec_in;
+          for (int64_t t = t1 - 1; t >= t0; --t) {
+            kernels.backward(grad_o[t], grad_c[t], rec_t, r[t], c[t], dG[t - t0], dP_r[t - t0], opt);
+            rec_t = same_conv(dG[t - t0], w_tc_t);  // convT(dG_t, W_tc): feeds step t-1; at t = 0 it is grad_c0
+          }
+          return rec_t;
+        };
+        if (kernels.backward_sequence != nullptr && n == T) {
+          const Tensor w_tc_c = w_tc.contiguous();
+          rec = kernels.backward_sequence(BackwardSequence{grad_o, grad_c, r, c, w_tc_c, c0, dG, dP_r, opt},
+                                          step_loop);
+        } else {
+          rec = step_loop();
+        }
+        // Recurrent weight: pairs (c_{t-1}, dG_t).
+        accumulate_lagged_weight_grad(grad_w_tc, dG, c, c0, t0, n, w_tc);
+      },
+      keep, C, C);
   const Tensor grad_weight_r = crop_kernel(grad_w_in.narrow(0, 0, C), weight_r.size(-1)).contiguous();
   const Tensor grad_w_tx = crop_kernel(grad_w_in.narrow(0, C, C), weight_t.size(-1));
-  return {grad_x.view(x.sizes()),
+  return {grad_x,
           grad_weight_r,
           grad_bias.narrow(0, 0, C).clone(),  // outputs must not alias
           at::cat({grad_w_tx, grad_w_tc}, 1),

@@ -57,6 +57,29 @@ TORCH_LIBRARY(deeprnn, m) {
       "cbm_backward(Tensor grad_o, Tensor grad_c, Tensor x, Tensor weight_r, Tensor weight_t, Tensor c0, "
       "Tensor r, Tensor c, Tensor? td_mask, int act_r, int act_t, int merge) -> (Tensor grad_x, "
       "Tensor grad_weight_r, Tensor grad_bias_r, Tensor grad_weight_t, Tensor grad_bias_t, Tensor grad_c0)");
+  // The forward without what only backward needs (r), for torch.no_grad() / inference_mode.
+  m.def(
+      "cbm_inference(Tensor x, Tensor weight_r, Tensor? bias_r, Tensor weight_t, Tensor? bias_t, Tensor c0, "
+      "int act_r, int act_t, int merge) -> (Tensor o, Tensor c)");
+  // ConvLSTM and ConvGRU (csrc/cells.h): forward ops return the gates for backward; the *_inference ops don't.
+  m.def(
+      "convlstm_forward(Tensor x, Tensor weight, Tensor? bias, Tensor h0, Tensor c0) -> "
+      "(Tensor h, Tensor c, Tensor gates)");
+  m.def("convlstm_inference(Tensor x, Tensor weight, Tensor? bias, Tensor h0, Tensor c0) -> (Tensor h, Tensor c)");
+  m.def(
+      "convlstm_backward(Tensor grad_h, Tensor grad_c, Tensor x, Tensor weight, Tensor h0, Tensor c0, Tensor h, "
+      "Tensor c, Tensor gates) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_h0, "
+      "Tensor grad_c0)");
+  m.def(
+      "convgru_forward(Tensor x, Tensor weight_x, Tensor? bias_x, Tensor weight_h, Tensor? bias_h, Tensor h0) -> "
+      "(Tensor h, Tensor gates)");
+  m.def(
+      "convgru_inference(Tensor x, Tensor weight_x, Tensor? bias_x, Tensor weight_h, Tensor? bias_h, Tensor h0) -> "
+      "Tensor h");
+  m.def(
+      "convgru_backward(Tensor grad_h, Tensor x, Tensor weight_x, Tensor weight_h, Tensor h0, Tensor h, "
+      "Tensor gates) -> (Tensor grad_x, Tensor grad_weight_x, Tensor grad_bias_x, Tensor grad_weight_h, "
+      "Tensor grad_bias_h, Tensor grad_h0)");
   m.def("cuda_compiled() -> bool", &cuda_compiled);
   m.def("build_info() -> str", &build_info);
   m.def("cuda_persistent_launches() -> int", &cuda_persistent_launches);

@@ -198,3 +198,113 @@ def check_op_backward_args(
             raise ValueError(f"{name} must have shape {shape}, dtype {x.dtype} and device {x.device}, "
                              f"got {_shape(t)}, {t.dtype} on {t.device}")
     return s
+
+
+@dataclass(frozen=True)
+class CellShapes:
+    """Sizes of one ConvLSTM / ConvGRU layer call: ``x`` is ``(T, B, C_in, H, W)``, states ``(B, C, H, W)``."""
+
+    T: int
+    B: int
+    C_in: int
+    C: int
+    H: int
+    W: int
+
+
+def _check_x(x: object) -> torch.Tensor:
+    _check_tensor("x", x, 5, "(T, B, C_in, H, W)")
+    if x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"x must be a floating point tensor (float16, bfloat16, float32, float64), got {x.dtype}")
+    return x
+
+
+def _check_bias(name: str, b: object, n: int, what: str) -> None:
+    _check_tensor(name, b, 1, f"({what}={n},)")
+    if b.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({what}={n},), got {_shape(b)}")
+
+
+def _check_initial_state(name: str, s: object, B: int, C: int, H: int, W: int) -> None:
+    expected = f"(B={B}, C={C}, H={H}, W={W})"
+    _check_tensor(name, s, 4, expected)
+    if tuple(s.shape) != (B, C, H, W):
+        raise ValueError(f"{name} must have shape {expected}, got {_shape(s)}")
+
+
+def _check_like_x(x: torch.Tensor, named) -> None:
+    """Every given tensor in ``named`` ((name, tensor or None) pairs) has ``x``'s dtype and device."""
+    for name, t in named:
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise ValueError(f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+
+
+def check_convlstm_args(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    h0: Optional[torch.Tensor],
+    c0: Optional[torch.Tensor],
+) -> CellShapes:
+    """Validate the arguments of :func:`deeprnn_cuda.convlstm_layer`; return their sizes.
+
+    ``weight`` is ``(4C, C_in + C, k, k)`` (gates i, f, o, g from ``cat([x_t, h_{t-1}])``), ``bias`` ``(4C,)``,
+    ``h0`` and ``c0`` ``(B, C, H, W)``. ``TypeError`` for non-tensors, ``ValueError`` naming the argument and
+    the expected shape otherwise.
+    """
+    T, B, C_in, H, W = _check_x(x).shape
+    _check_tensor("weight", weight, 4, "(4C, C_in + C, k, k)")
+    C = weight.shape[0] // 4
+    if weight.shape[0] % 4 != 0 or weight.shape[0] == 0 or weight.shape[1] != C_in + C:
+        raise ValueError(
+            f"weight must have shape (4C, C_in + C, k, k) with C_in={C_in} (gates i, f, o, g convolving "
+            f"cat([x_t, h_{{t-1}}])), got {_shape(weight)}"
+        )
+    _check_kernel("weight", weight)
+    if bias is not None:
+        _check_bias("bias", bias, 4 * C, "4C")
+    for name, s in (("h0", h0), ("c0", c0)):
+        if s is not None:
+            _check_initial_state(name, s, B, C, H, W)
+    _check_like_x(x, (("weight", weight), ("bias", bias), ("h0", h0), ("c0", c0)))
+    return CellShapes(T=T, B=B, C_in=C_in, C=C, H=H, W=W)
+
+
+def check_convgru_args(
+    x: torch.Tensor,
+    weight_x: torch.Tensor,
+    bias_x: Optional[torch.Tensor],
+    weight_h: torch.Tensor,
+    bias_h: Optional[torch.Tensor],
+    h0: Optional[torch.Tensor],
+) -> CellShapes:
+    """Validate the arguments of :func:`deeprnn_cuda.convgru_layer`; return their sizes.
+
+    ``weight_x`` is ``(3C, C_in, k_x, k_x)``, ``weight_h`` ``(3C, C, k_h, k_h)`` (gates z, r, n in that
+    order), the biases ``(3C,)``, ``h0`` ``(B, C, H, W)``.
+    """
+    T, B, C_in, H, W = _check_x(x).shape
+    _check_tensor("weight_h", weight_h, 4, "(3C, C, k_h, k_h)")
+    C = weight_h.shape[1]
+    if weight_h.shape[0] != 3 * C or C == 0:
+        raise ValueError(f"weight_h must have shape (3C, C, k_h, k_h) (gates z, r, n), got {_shape(weight_h)}")
+    _check_tensor("weight_x", weight_x, 4, f"(3C={3 * C}, C_in={C_in}, k_x, k_x)")
+    if tuple(weight_x.shape[:2]) != (3 * C, C_in):
+        raise ValueError(
+            f"weight_x must have shape (3C={3 * C}, C_in={C_in}, k_x, k_x) to match weight_h and x, "
+            f"got {_shape(weight_x)}"
+        )
+    _check_kernel("weight_x", weight_x)
+    _check_kernel("weight_h", weight_h)
+    for name, b in (("bias_x", bias_x), ("bias_h", bias_h)):
+        if b is not None:
+            _check_bias(name, b, 3 * C, "3C")
+    if h0 is not None:
+        _check_initial_state("h0", h0, B, C, H, W)
+    _check_like_x(x, (("weight_x", weight_x), ("bias_x", bias_x), ("weight_h", weight_h), ("bias_h", bias_h),
+                      ("h0", h0)))
+    return CellShapes(T=T, B=B, C_in=C_in, C=C, H=H, W=W)

@@ -11,8 +11,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from . import _cell_autograd as cells
 from ._checks import ACT_R_CODES, ACT_T_CODES, MERGE_CODES
-from ._op_autograd import cbm_backward_fake, cbm_forward_fake, register_cbm_autograd
+from ._op_autograd import cbm_backward_fake, cbm_forward_fake, cbm_inference_fake, register_cbm_autograd
 
 BUILD_HINT = (
     "build the extension with `pip install --no-build-isolation -e .` from the repository root "
@@ -82,15 +83,53 @@ def cbm_layer_native(
     act_t: str = "sigmoid",
     merge: str = "mul",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The CBM layer on the compiled ops; same contract as :func:`deeprnn_cuda.reference.cbm_layer_ref`."""
-    o, c, _ = torch.ops.deeprnn.cbm_forward(
-        x, weight_r, bias_r, weight_t, bias_t, c0, td_mask,
-        ACT_R_CODES[act_r], ACT_T_CODES[act_t], MERGE_CODES[merge],
-    )
+    """The CBM layer on the compiled ops; same contract as :func:`deeprnn_cuda.reference.cbm_layer_ref`.
+    Without autograd (``torch.no_grad()``, ``inference_mode``, or no input requiring grad) it runs the inference
+    op, which never materialises r."""
+    codes = ACT_R_CODES[act_r], ACT_T_CODES[act_t], MERGE_CODES[merge]
+    if not needs_grad(x, weight_r, bias_r, weight_t, bias_t, c0):
+        return torch.ops.deeprnn.cbm_inference(x, weight_r, bias_r, weight_t, bias_t, c0, *codes)
+    o, c, _ = torch.ops.deeprnn.cbm_forward(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, *codes)
     return o, c
+
+
+def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether autograd will want a backward through these inputs: only then does a forward keep what only
+    backward needs (CBM's r, the gates of ConvLSTM and ConvGRU)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def convlstm_layer_native(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], h0: torch.Tensor, c0: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The ConvLSTM layer on the compiled ops; contract of :func:`deeprnn_cuda.convlstm.convlstm_layer_ref`."""
+    if not needs_grad(x, weight, bias, h0, c0):
+        return torch.ops.deeprnn.convlstm_inference(x, weight, bias, h0, c0)
+    h, c, _ = torch.ops.deeprnn.convlstm_forward(x, weight, bias, h0, c0)
+    return h, c
+
+
+def convgru_layer_native(
+    x: torch.Tensor,
+    weight_x: torch.Tensor,
+    bias_x: Optional[torch.Tensor],
+    weight_h: torch.Tensor,
+    bias_h: Optional[torch.Tensor],
+    h0: torch.Tensor,
+) -> torch.Tensor:
+    """The ConvGRU layer on the compiled ops; contract of :func:`deeprnn_cuda.convgru.convgru_layer_ref`."""
+    if not needs_grad(x, weight_x, bias_x, weight_h, bias_h, h0):
+        return torch.ops.deeprnn.convgru_inference(x, weight_x, bias_x, weight_h, bias_h, h0)
+    return torch.ops.deeprnn.convgru_forward(x, weight_x, bias_x, weight_h, bias_h, h0)[0]
 
 
 if is_available():
     torch.library.register_fake("deeprnn::cbm_forward", cbm_forward_fake)
     torch.library.register_fake("deeprnn::cbm_backward", cbm_backward_fake)
     register_cbm_autograd("deeprnn::cbm_forward", torch.ops.deeprnn.cbm_backward)
+    torch.library.register_fake("deeprnn::cbm_inference", cbm_inference_fake)
+    for _name in ("convlstm_forward", "convlstm_inference", "convlstm_backward", "convgru_forward",
+                  "convgru_inference", "convgru_backward"):
+        torch.library.register_fake(f"deeprnn::{_name}", getattr(cells, f"{_name}_fake"))
+    cells.register_convlstm_autograd("deeprnn::convlstm_forward", torch.ops.deeprnn.convlstm_backward)
+    cells.register_convgru_autograd("deeprnn::convgru_forward", torch.ops.deeprnn.convgru_backward)

@@ -1,22 +1,28 @@
-"""Backend registry: which CBM implementations exist here, and which one ``backend="auto"`` picks.
+"""Backend registry of every cell: which implementations exist here, and which one ``backend="auto"`` picks.
 
-Every backend is a callable with the signature of :func:`deeprnn_cuda.reference.cbm_layer_ref`
-(validated arguments, ``c0`` materialized). Optional backends are imported lazily so that a missing
-extension or a missing Triton never breaks ``import deeprnn_cuda``.
+A backend of a cell is a callable with the signature of the cell's reference (validated arguments, initial
+states materialized): :func:`deeprnn_cuda.cbm.cbm_layer_ref`, :func:`deeprnn_cuda.convlstm.convlstm_layer_ref`,
+:func:`deeprnn_cuda.convgru.convgru_layer_ref`. Optional backends are imported lazily so that a missing
+extension or a missing Triton never breaks ``import deeprnn_cuda``; so are the references (their modules
+import this one).
 """
 from __future__ import annotations
 
 import functools
 import warnings
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from . import autotune
 from ._checks import BACKENDS, check_choice
-from .reference import cbm_layer_ref
+
+#: the cell families; each has ``<cell>_layer_ref`` in ``deeprnn_cuda.<cell>``, ``<cell>_layer_native`` in
+#: :mod:`deeprnn_cuda._native` and, once its kernels exist, ``<cell>_layer_triton`` in the Triton backend.
+CELLS = ("cbm", "convlstm", "convgru")
 
 _warned_fallback = False
+_warned_cells = set()
 
 
 def _native():
@@ -29,6 +35,54 @@ def _triton():
     from . import triton as triton_backend
 
     return triton_backend
+
+
+def reference_of(cell: str) -> Callable:
+    """The pure-PyTorch reference layer of ``cell``."""
+    check_choice("cell", cell, CELLS)
+    if cell == "cbm":
+        from .cbm import cbm_layer_ref
+
+        return cbm_layer_ref
+    if cell == "convlstm":
+        from .convlstm import convlstm_layer_ref
+
+        return convlstm_layer_ref
+    from .convgru import convgru_layer_ref
+
+    return convgru_layer_ref
+
+
+def empty_result(x: torch.Tensor, shapes: Sequence[Tuple[int, ...]],
+                 inputs: Sequence[Optional[torch.Tensor]]) -> Tuple[torch.Tensor, ...]:
+    """Empty outputs of ``shapes`` that still belong to the autograd graph of ``inputs``, so that backward gives
+    every input a zero gradient (what the reference gives for an empty batch) instead of failing."""
+    outs = tuple(x.new_empty(shape) for shape in shapes)
+    if not torch.is_grad_enabled():
+        return outs
+    zeros = [t.sum() * 0 for t in inputs if t is not None and t.requires_grad]
+    if not zeros:
+        return outs
+    zero = torch.stack(zeros).sum()
+    return tuple(o + zero for o in outs)
+
+
+def autocast_args(x: object, *tensors: Optional[torch.Tensor]) -> Tuple[object, ...]:
+    """Cast to the autocast dtype as ``conv2d`` would: floating tensors other than float64. Every cell's layer
+    is convolution work, so under ``torch.autocast`` it runs in the autocast dtype."""
+    if not isinstance(x, torch.Tensor) or x.device.type not in ("cpu", "cuda"):
+        return (x, *tensors)
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return (x, *tensors)
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: object) -> object:
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64:
+            return t.to(dtype)
+        return t
+
+    return tuple(cast(t) for t in (x, *tensors))
 
 
 def backend_status() -> Dict[str, str]:
@@ -90,6 +144,7 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Callable:
     """
     global _warned_fallback
     check_choice("backend", backend, BACKENDS)
+    cbm_layer_ref = reference_of("cbm")
     if backend == "reference":
         return cbm_layer_ref
     if backend == "native":
@@ -120,3 +175,45 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Callable:
             stacklevel=3,
         )
     return cbm_layer_ref
+
+
+def resolve_cell_backend(cell: str, backend: str, x: torch.Tensor) -> Callable:
+    """Return the implementation of ``cell`` (``"convlstm"`` or ``"convgru"``) for ``backend`` on ``x``.
+
+    ``"auto"``: the native backend when it runs ``x``, else on CUDA the Triton backend, else the reference
+    (warning once per cell); no per-shape measurement between them yet (CBM's :mod:`.autotune`). ``"triton"``: the
+    Triton backend's ``<cell>_layer_triton``. An explicitly named backend that cannot run here raises
+    ``RuntimeError`` saying why. (CBM: :func:`resolve_backend`.)
+    """
+    check_choice("cell", cell, CELLS[1:])
+    check_choice("backend", backend, BACKENDS)
+    reference = reference_of(cell)
+    if backend == "reference":
+        return reference
+    native = _native()
+    if backend == "native":
+        if not native.is_available():
+            raise RuntimeError(f"backend='native' is not available: {native.unavailable_reason()}")
+        if not native.supports(x):
+            raise RuntimeError(f"backend='native' does not support {x.dtype} tensors on {x.device.type}")
+        return getattr(native, f"{cell}_layer_native")
+    triton_backend = _triton()
+    if backend == "triton":
+        if not triton_backend.is_available():
+            raise RuntimeError(f"backend='triton' is not available: {triton_backend.unavailable_reason()}")
+        if not triton_backend.cell_supports(x):
+            hint = " (Triton runs CUDA tensors; on the CPU only under TRITON_INTERPRET=1)" if not x.is_cuda else ""
+            raise RuntimeError(f"backend='triton' does not support {x.dtype} tensors on {x.device.type}{hint}")
+        return getattr(triton_backend, f"{cell}_layer_triton")
+    if native.is_available() and native.supports(x):
+        return getattr(native, f"{cell}_layer_native")
+    if x.is_cuda and triton_backend.is_available() and triton_backend.cell_supports(x):
+        return getattr(triton_backend, f"{cell}_layer_triton")
+    if cell not in _warned_cells:
+        _warned_cells.add(cell)
+        warnings.warn(
+            f"deeprnn_cuda: no compiled {cell} backend for {x.dtype} on {x.device.type}; using the slow reference "
+            f"implementation. {native.unavailable_reason() or ''}".strip(),
+            stacklevel=3,
+        )
+    return reference

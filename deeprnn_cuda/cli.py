@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     compare = sub.add_parser("compare", help="train a grid of cells x depths with one budget")
     _train_options(compare, grid=True)
-    compare.add_argument("--cells", default="cbm,convlstm", help="comma-separated cells (default cbm,convlstm)")
+    compare.add_argument("--cells", default="cbm,convlstm", help="comma-separated cells of cbm, convlstm, convgru (default cbm,convlstm)")
     compare.add_argument("--depths", default="1,15", help="comma-separated depths (default 1,15)")
     demo = sub.add_parser("demo", help="train a 15-layer CBM on moving-shapes with the default settings")
     demo.add_argument("--out", type=Path, default=Path("deeprnn-demo"), help="output folder (default ./deeprnn-demo)")
@@ -320,8 +320,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     cells, depths = _split("--cells", args.cells, str), _split("--depths", args.depths, int)
     for cell in cells:
-        if cell not in ("cbm", "convlstm"):
-            raise ConfigError("--cells", f"must hold only 'cbm' and 'convlstm', got {cell!r}")
+        if cell not in CELLS:
+            raise ConfigError("--cells", f"must hold only cells of {list(CELLS)}, got {cell!r}")
     progress = args.progress
     summaries = run_grid(_config(args), cells, depths, args.out, lambda cfg, out: train(cfg, out, progress=progress))
     print((Path(args.out) / "compare.md").read_text(), end="")

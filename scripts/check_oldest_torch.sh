@@ -15,9 +15,6 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install -q --upgrade pip "setuptools>=64" wheel
 "$VENV/bin/pip" install -q "torch==$OLDEST_TORCH" "triton==$OLDEST_TRITON" ninja "numpy<2.4" tqdm matplotlib pillow pytest
-if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
-  export CUDA_HOME=/usr/local/cuda
-fi
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -193,7 +193,7 @@ stage sanitizer-memcheck-step 1 25 45 25 "$OUT/sanitizer.log" sanitizer \
 stage native-paths-table 1 25 40 25 "$OUT/bench.log" module "$PY" -m benchmarks.native_paths --repeats 5 \
   --shapes M,XS --out "$OUT/native_paths.md"
 stage backends-table 1 40 60 30 "$OUT/bench.log" module "$PY" -m benchmarks.gpu --repeats 5 \
-  --contenders "native,native persistent,torch.compile(reference)" --compile-dtypes float32 --no-stack \
+  --contenders "native,native persistent,torch.compile(reference)" --compile-dtypes float32 --no-stack --no-cells \
   --out "$OUT/backends.md"
 stage triton-tests-quick 1 60 90 30 "$OUT/tests.log" pytest "${PYTEST[@]}" -m "cuda and not slow" "${TRITON_TESTS[@]}"
 

@@ -108,6 +108,16 @@ def test_compare_writes_a_table_and_a_plot(tmp_path, capsys):
     assert (tmp_path / "compare.png").exists()
 
 
+def test_compare_every_cell(tmp_path, capsys):
+    args = ["compare", *[a for a in TINY if a not in ("--layers", "2")], "--epochs", "1", "--depths", "1",
+            "--cells", "cbm,convlstm,convgru", "--out", str(tmp_path)]
+    assert main(args) == 0
+    summaries = _last_json(capsys.readouterr().out)
+    assert [s["cell"] for s in summaries] == ["cbm", "convlstm", "convgru"]
+    assert all(s["seconds"] > 0 for s in summaries)
+    assert "| convgru | 1 |" in (tmp_path / "compare.md").read_text()
+
+
 def _run_cli(args, tmp_path, timeout=120):
     return subprocess.run(
         [sys.executable, "-m", "deeprnn_cuda", *args], capture_output=True, text=True, env=_env(), timeout=timeout, cwd=tmp_path

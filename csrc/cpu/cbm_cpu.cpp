@@ -1,27 +1,11 @@
 // CPU kernels of the CBM ops: the fused per-step epilogues (a TensorIterator over the step's operands, one SIMD
 // pass over memory, activation and merge chosen at compile time) plugged into the device-generic recurrence.
+// The SIMD primitives and the row walker are shared with the other cells (epilogue.h).
 
-// ATen's Vectorized<T> is compiled for the instruction set named by CPU_CAPABILITY: AVX2+FMA when this file
-// is built with them (setup.py enables them on hosts that have them), else ATen's portable implementation.
-#if !defined(CPU_CAPABILITY)
-#if defined(__AVX2__) && defined(__FMA__)
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
-#else
-#define CPU_CAPABILITY DEFAULT
-#endif
-#endif
+#include "epilogue.h"  // first: it sets CPU_CAPABILITY before any ATen vector header
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/TensorIterator.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
-
-#include <algorithm>
-#include <array>
-#include <cmath>
-#include <type_traits>
 
 #include "../cbm.h"
 
@@ -29,26 +13,7 @@ namespace deeprnn {
 namespace {
 
 using at::Tensor;
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
-
-// The element math below is written once for scalars and for SIMD vectors; these are the primitives.
-inline float exp_(float z) { return std::exp(z); }
-inline double exp_(double z) { return std::exp(z); }
-template <typename T>
-inline Vec<T> exp_(const Vec<T>& z) { return z.exp(); }
-inline float tanh_(float z) { return std::tanh(z); }
-inline double tanh_(double z) { return std::tanh(z); }
-template <typename T>
-inline Vec<T> tanh_(const Vec<T>& z) { return z.tanh(); }
-template <typename T>
-inline T relu_(T z) { return z > T(0) ? z : T(0); }
-template <typename T>
-inline Vec<T> relu_(const Vec<T>& z) { return at::vec::clamp_min(z, Vec<T>(0)); }
-template <typename T>
-inline T positive_(T z) { return z > T(0) ? T(1) : T(0); }
-template <typename T>
-inline Vec<T> positive_(const Vec<T>& z) { return z.gt(Vec<T>(0)); }
+using namespace cpu_epilogue;
 
 template <int64_t ACT, typename V>
 inline V act_r_fn(V z) {
@@ -82,77 +47,6 @@ template <int64_t MERGE, typename V>
 inline V merge_fn(V r, V c) {
   if constexpr (MERGE == kMergeMul) return r * c;
   return r + c;
-}
-
-// float and double take the SIMD path; reduced-precision types are converted element by element.
-template <typename T>
-constexpr bool kSimd = std::is_same_v<T, float> || std::is_same_v<T, double>;
-
-// Operand pointers of one TensorIterator row, advanced along the row by their byte strides.
-template <int N>
-struct Row {
-  char* ptr[N];
-  int64_t stride[N];
-
-  Row(char** data, const int64_t* strides) {
-    for (int i = 0; i < N; ++i) ptr[i] = data[i], stride[i] = strides[i];
-  }
-  template <typename T>
-  bool contiguous() const {
-    for (int i = 0; i < N; ++i) {
-      if (stride[i] != int64_t(sizeof(T))) return false;
-    }
-    return true;
-  }
-  template <typename T>
-  T* at(int i, int64_t j) const {
-    return reinterpret_cast<T*>(ptr[i] + j * stride[i]);
-  }
-};
-
-// True when every batch entry's (C, H, W) block is contiguous, whatever the batch stride.
-bool inner_contiguous(const Tensor& t) {
-  return t.dim() == 4 && t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == t.size(2) * t.size(3);
-}
-
-// Runs loop(row, n) over every element of `operands` (all (B, C, H, W), outputs first). Small steps run as one
-// row per batch entry right here: they would not be split over threads anyway, and building a TensorIterator
-// costs more than the step. Larger ones go through TensorIterator::for_each, which runs in parallel on ATen's
-// own thread pool (for_each lives in libtorch, so this file needs no OpenMP of its own).
-template <typename scalar_t, int N, typename F>
-void for_each_row(const std::array<Tensor, N>& operands, int num_outputs, F loop) {
-  const Tensor& like = operands[0];
-  const bool small = like.numel() < at::internal::GRAIN_SIZE;
-  if (small && std::all_of(operands.begin(), operands.end(), inner_contiguous)) {
-    int64_t unit[N];
-    std::fill_n(unit, N, int64_t(sizeof(scalar_t)));
-    const int64_t inner = like.size(1) * like.size(2) * like.size(3);
-    for (int64_t b = 0; b < like.size(0); ++b) {
-      char* data[N];
-      for (int i = 0; i < N; ++i) {
-        data[i] = static_cast<char*>(operands[i].data_ptr()) + b * operands[i].stride(0) * int64_t(sizeof(scalar_t));
-      }
-      loop(Row<N>(data, unit), inner);
-    }
-    return;
-  }
-  at::TensorIteratorConfig config;
-  config.check_all_same_dtype(true).resize_outputs(false);
-  for (int i = 0; i < N; ++i) {
-    if (i < num_outputs) {
-      config.add_output(operands[i]);
-    } else {
-      config.add_const_input(operands[i]);
-    }
-  }
-  auto iter = config.build();
-  iter.for_each([&](char** data, const int64_t* strides, int64_t n, int64_t rows) {
-    for (int64_t k = 0; k < rows; ++k) {
-      char* row_data[N];
-      for (int i = 0; i < N; ++i) row_data[i] = data[i] + k * strides[N + i];
-      loop(Row<N>(row_data, strides), n);
-    }
-  });
 }
 
 // Operands, outputs first: r, c, o, p_r, p_x, rec.
@@ -283,6 +177,13 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_cpu(const Tensor& x, const Tensor
   return cbm_forward_impl(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kCpuKernels);
 }
 
+std::tuple<Tensor, Tensor> cbm_inference_cpu(const Tensor& x, const Tensor& weight_r,
+                                             const std::optional<Tensor>& bias_r, const Tensor& weight_t,
+                                             const std::optional<Tensor>& bias_t, const Tensor& c0, int64_t act_r,
+                                             int64_t act_t, int64_t merge) {
+  return cbm_inference_impl(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge}, kCpuKernels);
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cpu(
     const Tensor& grad_o, const Tensor& grad_c, const Tensor& x, const Tensor& weight_r, const Tensor& weight_t,
     const Tensor& c0, const Tensor& r, const Tensor& c, const std::optional<Tensor>& td_mask, int64_t act_r,
@@ -295,6 +196,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cpu(
 
 TORCH_LIBRARY_IMPL(deeprnn, CPU, m) {
   m.impl("cbm_forward", &cbm_forward_cpu);
+  m.impl("cbm_inference", &cbm_inference_cpu);
   m.impl("cbm_backward", &cbm_backward_cpu);
 }
 

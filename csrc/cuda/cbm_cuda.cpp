@@ -328,6 +328,18 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_cuda(const Tensor& x, const Tenso
   return cbm_forward_impl(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kCudaKernels);
 }
 
+// No CUDA graphs here: the inference op is new and unmeasured on a GPU (NEVER RUN ON A GPU).
+std::tuple<Tensor, Tensor> cbm_inference_cuda(const Tensor& x, const Tensor& weight_r,
+                                              const std::optional<Tensor>& bias_r, const Tensor& weight_t,
+                                              const std::optional<Tensor>& bias_t, const Tensor& c0, int64_t act_r,
+                                              int64_t act_t, int64_t merge) {
+  const Tensor br = or_undefined(bias_r), bt = or_undefined(bias_t);
+  check_devices(x, {&weight_r, &br, &weight_t, &bt, &c0});
+  const c10::cuda::CUDAGuard guard(x.device());
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
+  return cbm_inference_impl(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge}, kCudaKernels);
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cuda(
     const Tensor& grad_o, const Tensor& grad_c, const Tensor& x, const Tensor& weight_r, const Tensor& weight_t,
     const Tensor& c0, const Tensor& r, const Tensor& c, const std::optional<Tensor>& td_mask, int64_t act_r,
@@ -381,6 +393,7 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_autocast_cuda(const Tensor& x, co
 
 TORCH_LIBRARY_IMPL(deeprnn, CUDA, m) {
   m.impl("cbm_forward", &cbm_forward_cuda);
+  m.impl("cbm_inference", &cbm_inference_cuda);
   m.impl("cbm_backward", &cbm_backward_cuda);
 }
 

@@ -1,0 +1,114 @@
+// The device-generic recurrence driver: see recurrence.h.
+#include "recurrence.h"
+
+#include <c10/util/Exception.h>
+
+namespace deeprnn {
+
+using at::Tensor;
+
+Tensor pad_kernel(const Tensor& w, int64_t k) {
+  const int64_t p = (k - w.size(-1)) / 2;
+  return p == 0 ? w : at::constant_pad_nd(w, {p, p, p, p});
+}
+
+Tensor crop_kernel(const Tensor& g, int64_t k) {
+  const int64_t p = (g.size(-1) - k) / 2;
+  return p == 0 ? g : g.narrow(2, p, k).narrow(3, p, k);
+}
+
+Tensor transpose_kernel(const Tensor& w) { return w.flip({2, 3}).transpose(0, 1).contiguous(); }
+
+Tensor same_conv(const Tensor& input, const Tensor& weight) {
+  return at::conv2d(input, weight, {}, 1, weight.size(-1) / 2);
+}
+
+std::tuple<Tensor, Tensor, Tensor> conv_backward(const Tensor& grad, const Tensor& input, const Tensor& weight,
+                                                 std::array<bool, 3> mask) {
+  const int64_t p = weight.size(-1) / 2;
+  const std::array<int64_t, 1> bias_sizes{weight.size(0)};
+  return at::convolution_backward(grad, input, weight, at::IntArrayRef(bias_sizes), {1, 1}, {p, p}, {1, 1}, false,
+                                  {0, 0}, 1, mask);
+}
+
+void accumulate(Tensor& total, const Tensor& part) { total = total.defined() ? total.add_(part) : part; }
+
+void check_like_x(const Tensor& x, const Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), name, " must have x's dtype ", x.scalar_type(), ", got ",
+                    t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == x.device(), name, " must be on x's device ", x.device(), ", got ", t.device());
+}
+
+int64_t chunk_steps(int64_t chunk_elements, int64_t T, int64_t B, int64_t elements_per_image) {
+  const int64_t total = T * B;
+  const int64_t images =
+      chunk_elements <= 0
+          ? total
+          : std::clamp<int64_t>(chunk_elements / std::max<int64_t>(1, elements_per_image), 1, std::max<int64_t>(1, total));
+  return std::max<int64_t>(1, images / std::max<int64_t>(1, B));
+}
+
+void project_forward(const Tensor& x, const Tensor& w_in, const Tensor& bias, int64_t chunk_elements,
+                     const ForwardChunk& chunk) {
+  const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4), Cp = w_in.size(0);
+  const Tensor x_c = x.contiguous();
+  const int64_t steps = chunk_steps(chunk_elements, T, B, (C_in + Cp) * H * W);
+  for (int64_t t0 = 0; t0 < T; t0 += steps) {
+    const int64_t n = std::min(steps, T - t0);
+    const Tensor P = at::conv2d(x_c.narrow(0, t0, n).view({n * B, C_in, H, W}), w_in, bias, 1, w_in.size(-1) / 2)
+                         .contiguous()
+                         .view({n, B, Cp, H, W});
+    chunk(t0, n, P);
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> project_backward(const Tensor& x, const Tensor& w_in, int64_t chunk_elements,
+                                                    const BackwardChunk& chunk, const Tensor& keep, int64_t cut0,
+                                                    int64_t cut_n) {
+  const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4), Cp = w_in.size(0);
+  const int64_t TB = T * B;
+  const Tensor x_flat = x.contiguous().view({TB, C_in, H, W});
+  // The chunk buffer is reused, so memory stays O(chunk), not O(T).
+  const int64_t steps = chunk_steps(chunk_elements, T, B, (C_in + Cp) * H * W);
+  const Tensor dP = at::empty({std::min(steps, T), B, Cp, H, W}, x.options());
+  Tensor grad_x = steps >= T ? Tensor() : at::empty_like(x_flat);
+  Tensor grad_w_in, grad_bias;
+  for (int64_t t1 = T; t1 > 0; t1 -= steps) {
+    const int64_t t0 = std::max<int64_t>(0, t1 - steps), n = t1 - t0;
+    chunk(t0, n, dP);
+    const Tensor dp = dP.narrow(0, 0, n).view({n * B, Cp, H, W}), xs = x_flat.narrow(0, t0 * B, n * B);
+    auto [dx, gw, gb] = conv_backward(dp, xs, w_in, {!keep.defined(), true, true});
+    if (keep.defined()) {
+      Tensor dp_cut = dp.clone();
+      dp_cut.narrow(1, cut0, cut_n).mul_(keep.narrow(0, t0 * B, n * B));
+      dx = std::get<0>(conv_backward(dp_cut, xs, w_in, {true, false, false}));
+    }
+    if (grad_x.defined()) {
+      grad_x.narrow(0, t0 * B, n * B).copy_(dx);
+    } else {
+      grad_x = dx;
+    }
+    accumulate(grad_w_in, gw);
+    accumulate(grad_bias, gb);
+  }
+  return {grad_x.view(x.sizes()), grad_w_in, grad_bias};
+}
+
+void accumulate_lagged_weight_grad(Tensor& grad_w, const Tensor& dY, const Tensor& states, const Tensor& s0,
+                                   int64_t t0, int64_t n, const Tensor& w) {
+  const int64_t B = dY.size(1), Co = dY.size(2), H = dY.size(3), W = dY.size(4), C = s0.size(1);
+  const int64_t first = t0 == 0 ? 1 : 0;  // steps whose previous state is states[t-1]
+  if (t0 == 0) accumulate(grad_w, std::get<1>(conv_backward(dY[0], s0, w, {false, true, false})));
+  if (n > first) {
+    const Tensor dY_flat = dY.narrow(0, first, n - first).reshape({(n - first) * B, Co, H, W});
+    accumulate(grad_w, std::get<1>(conv_backward(dY_flat, states.narrow(0, t0 + first - 1, n - first).view({-1, C, H, W}),
+                                                 w, {false, true, false})));
+  }
+}
+
+Tensor previous_states(const Tensor& states, const Tensor& s0, int64_t t0, int64_t n) {
+  if (t0 > 0) return states.narrow(0, t0 - 1, n);
+  return n == 1 ? s0.unsqueeze(0) : at::cat({s0.unsqueeze(0), states.narrow(0, 0, n - 1)});
+}
+
+}  // namespace deeprnn

@@ -1,0 +1,65 @@
+// The device-generic recurrence driver shared by every cell (DESIGN.md section 7): the input projections of
+// many steps in one batched convolution, the sequential part handed to the cell a chunk of steps at a time,
+// and in backward the input and weight gradients of each chunk in a few batched convolutions. A cell is its
+// per-step hook (recurrent convolutions plus its fused epilogues, csrc/cpu/ and csrc/cuda/) and its reference;
+// it never copies this loop.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <array>
+#include <functional>
+#include <tuple>
+
+namespace deeprnn {
+
+// Pads a square odd kernel with zeros to size k: "same" convolution with the padded kernel is unchanged.
+at::Tensor pad_kernel(const at::Tensor& w, int64_t k);
+// Undoes pad_kernel on a gradient.
+at::Tensor crop_kernel(const at::Tensor& g, int64_t k);
+// The gradient of a stride-1 "same" convolution with respect to its input is the same convolution with the
+// kernel flipped spatially and its channel axes swapped.
+at::Tensor transpose_kernel(const at::Tensor& w);
+// Stride-1 "same" convolution without bias.
+at::Tensor same_conv(const at::Tensor& input, const at::Tensor& weight);
+// Gradients of a stride-1 "same" convolution (with bias) for the outputs selected by mask.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(const at::Tensor& grad, const at::Tensor& input,
+                                                             const at::Tensor& weight, std::array<bool, 3> mask);
+// dtype and device of `t` (named `name`) must be x's: the kernels index every tensor with x's sizes and read it as
+// x's type (a ValueError otherwise).
+void check_like_x(const at::Tensor& x, const at::Tensor& t, const char* name);
+// total += part (total starts undefined).
+void accumulate(at::Tensor& total, const at::Tensor& part);
+
+// Time steps per chunk for a projection whose images hold `elements_per_image` elements (input plus output
+// channels times pixels); `chunk_elements` <= 0 means all T steps at once.
+int64_t chunk_steps(int64_t chunk_elements, int64_t T, int64_t B, int64_t elements_per_image);
+
+// Forward: P = conv(x, w_in) + bias for a chunk of steps at a time, (n, B, Cp, H, W) contiguous, handed to
+// chunk(t0, n, P) in time order. x is (T, B, C_in, H, W); w_in (Cp, C_in, k, k); bias (Cp,).
+using ForwardChunk = std::function<void(int64_t t0, int64_t n, const at::Tensor& P)>;
+void project_forward(const at::Tensor& x, const at::Tensor& w_in, const at::Tensor& bias, int64_t chunk_elements,
+                     const ForwardChunk& chunk);
+
+// Backward: chunks of steps, last first. chunk(t0, n, dP) runs the cell's sequential part for steps
+// [t0, t0 + n), filling dP[:n] (n, B, Cp, H, W) with the gradient of the projection P (and accumulating its own
+// recurrent weight gradients); the driver then takes the gradients of x, w_in and the bias for those steps.
+// `keep`, when defined, is (T*B, 1, 1, 1): x's gradient sees dP's channels [cut0, cut0 + cut_n) multiplied by
+// it (Temporal Dropout), while w_in and the bias see the full dP. Returns (grad_x, grad_w_in, grad_bias).
+using BackwardChunk = std::function<void(int64_t t0, int64_t n, const at::Tensor& dP)>;
+std::tuple<at::Tensor, at::Tensor, at::Tensor> project_backward(const at::Tensor& x, const at::Tensor& w_in,
+                                                                int64_t chunk_elements, const BackwardChunk& chunk,
+                                                                const at::Tensor& keep = {}, int64_t cut0 = 0,
+                                                                int64_t cut_n = 0);
+
+// Accumulates into grad_w the weight gradient of a recurrent convolution y_t = conv(s_{t-1}, w) for the steps
+// [t0, t0 + n): dY is (>= n, B, C_out, H, W), s_{-1} = s0 (B, C, H, W), s_t = states[t]. The s0 pair is taken
+// apart so the states are never concatenated.
+void accumulate_lagged_weight_grad(at::Tensor& grad_w, const at::Tensor& dY, const at::Tensor& states,
+                                   const at::Tensor& s0, int64_t t0, int64_t n, const at::Tensor& w);
+
+// The states s_{t-1} for t in [t0, t0 + n) as one (n, B, C, H, W) tensor (a view unless t0 == 0).
+at::Tensor previous_states(const at::Tensor& states, const at::Tensor& s0, int64_t t0, int64_t n);
+
+}  // namespace deeprnn

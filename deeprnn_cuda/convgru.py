@@ -1,0 +1,188 @@
+"""The convolutional GRU family: the op :func:`convgru_layer`, its reference :func:`convgru_layer_ref` and the
+``ConvGRU`` stack module, shaped like ``nn.GRU``.
+
+Gates z, r, n (DESIGN.md section 7): ``z|r = σ(conv(x_t, W_x[:2C]) + conv(h_{t-1}, W_h[:2C]) + b)``,
+``n = tanh(conv(x_t, W_x[2C:]) + conv(r * h_{t-1}, W_h[2C:]) + b_n)``, ``h_t = (1 - z) * n + z * h_{t-1}``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._checks import BACKENDS, check_choice, check_convgru_args
+from ._stack import IntOrList, _check_gain, _check_state, _ConvRNNStack
+from .backends import autocast_args, empty_result, resolve_cell_backend
+
+
+def convgru_layer_ref(
+    x: torch.Tensor,
+    weight_x: torch.Tensor,
+    bias_x: Optional[torch.Tensor],
+    weight_h: torch.Tensor,
+    bias_h: Optional[torch.Tensor],
+    h0: torch.Tensor,
+) -> torch.Tensor:
+    """The reference ConvGRU layer: one step at a time, no fusion, autograd does the backward. Arguments already
+    validated, ``h0`` given. Returns ``h (T, B, C, H, W)``."""
+    T, B, _, H, W = x.shape
+    C = weight_h.shape[1]
+    if T == 0:
+        return x.new_empty(0, B, C, H, W)
+    pad_x, pad_h = weight_x.shape[-1] // 2, weight_h.shape[-1] // 2
+    b_hzr, b_hn = (None, None) if bias_h is None else (bias_h[: 2 * C], bias_h[2 * C:])
+    h = h0
+    hs = []
+    for t in range(T):
+        a_z, a_r, a_n = torch.split(F.conv2d(x[t], weight_x, bias_x, padding=pad_x), C, dim=1)
+        u_z, u_r = torch.split(F.conv2d(h, weight_h[: 2 * C], b_hzr, padding=pad_h), C, dim=1)
+        z, r = torch.sigmoid(a_z + u_z), torch.sigmoid(a_r + u_r)
+        n = torch.tanh(a_n + F.conv2d(r * h, weight_h[2 * C:], b_hn, padding=pad_h))
+        h = (1 - z) * n + z * h
+        hs.append(h)
+    return torch.stack(hs)
+
+
+def convgru_layer(
+    x: torch.Tensor,
+    weight_x: torch.Tensor,
+    bias_x: Optional[torch.Tensor] = None,
+    weight_h: Optional[torch.Tensor] = None,
+    bias_h: Optional[torch.Tensor] = None,
+    h0: Optional[torch.Tensor] = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Run one ConvGRU layer over a whole sequence.
+
+    Args:
+        x: input sequence ``(T, B, C_in, H, W)``.
+        weight_x: ``(3C, C_in, k_x, k_x)``, the input's share of the gates z, r, n (in that order on the output
+            channels); ``bias_x``: ``(3C,)`` or None.
+        weight_h: ``(3C, C, k_h, k_h)``, the hidden state's share (required); ``bias_h``: ``(3C,)`` or None.
+        h0: initial state ``(B, C, H, W)``; None means zeros.
+        backend: ``"auto"`` (the compiled kernels when built, else the reference with one warning),
+            ``"reference"``, ``"native"`` or ``"triton"``.
+
+    Returns:
+        ``h``: the state after every step, ``(T, B, C, H, W)``; ``h[-1]`` is the final state. Stride 1, zero
+        "same" padding. Autocast and ``torch.no_grad()`` as in :func:`deeprnn_cuda.convlstm_layer`.
+    """
+    if weight_h is None:
+        raise ValueError("weight_h is required: a (3C, C, k_h, k_h) tensor (gates z, r, n)")
+    x, weight_x, bias_x, weight_h, bias_h, h0 = autocast_args(x, weight_x, bias_x, weight_h, bias_h, h0)
+    s = check_convgru_args(x, weight_x, bias_x, weight_h, bias_h, h0)
+    impl = resolve_cell_backend("convgru", backend, x)
+    if s.T * s.B * s.H * s.W == 0:  # empty output, zero gradients (as cbm_layer)
+        return empty_result(x, [(s.T, s.B, s.C, s.H, s.W)], (x, weight_x, bias_x, weight_h, bias_h, h0))[0]
+    h0 = x.new_zeros(s.B, s.C, s.H, s.W) if h0 is None else h0
+    return impl(x, weight_x, bias_x, weight_h, bias_h, h0)
+
+
+class ConvGRULayerParams(nn.Module):
+    """The parameters of one ConvGRU layer: ``weight_x (3C, C_in, k, k)``, ``bias_x (3C,)``,
+    ``weight_h (3C, C, k, k)``, ``bias_h (3C,)``, gates z, r, n. A plain holder: the stack validates."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int, bias: bool) -> None:
+        super().__init__()
+        k, C = kernel_size, hidden_channels
+        self.in_channels, self.hidden_channels, self.kernel_size = in_channels, C, k
+        self.weight_x = nn.Parameter(torch.empty(3 * C, in_channels, k, k))
+        self.bias_x = nn.Parameter(torch.empty(3 * C)) if bias else None
+        self.weight_h = nn.Parameter(torch.empty(3 * C, C, k, k))
+        self.bias_h = nn.Parameter(torch.empty(3 * C)) if bias else None
+
+    def reset_parameters(self, gain: float = 1.0) -> None:
+        """Xavier-normal weights with ``gain``, zero biases (as the other cells)."""
+        nn.init.xavier_normal_(self.weight_x, gain=gain)
+        nn.init.xavier_normal_(self.weight_h, gain=gain)
+        for b in (self.bias_x, self.bias_h):
+            if b is not None:
+                nn.init.zeros_(b)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
+                f"bias={self.bias_x is not None}")
+
+
+class ConvGRU(_ConvRNNStack):
+    """A stack of convolutional GRUs shaped like ``nn.GRU``; every layer is one :func:`convgru_layer` call.
+
+    Constructor as :class:`~deeprnn_cuda.ConvLSTM`. Layer ``i`` is ``layers[i]`` (``layers_reverse[i]`` for the
+    reverse direction when ``bidirectional``), a :class:`ConvGRULayerParams`.
+
+    ``forward(x, h0=None, return_states=False) -> (output, h_n)`` or ``(output, h_n, states)``: ``h_n`` the list
+    of per-layer (and direction) final states ``(B, C_i, H, W)``, ``h0`` None (zeros) or such a list of initial
+    states, ``states`` every layer's per-step states ``(T, B, C_i, H, W)`` in ``x``'s layout.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: IntOrList,
+        kernel_size: IntOrList = 3,
+        num_layers: int = 1,
+        batch_first: bool = False,
+        bias: bool = True,
+        shortcut_every: int = 0,
+        init_gain: float = 1.0,
+        bidirectional: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            in_channels, hidden_channels, kernel_size, num_layers, batch_first, bias, shortcut_every, bidirectional
+        )
+        self.init_gain = _check_gain("init_gain", init_gain)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.layers = self._make_layers()
+        if bidirectional:
+            self.layers_reverse = self._make_layers()
+        self.shortcuts = self._build_shortcuts()
+        self.reset_parameters()
+
+    def _make_layers(self) -> nn.ModuleList:
+        return nn.ModuleList(
+            ConvGRULayerParams(self.layer_in_channels(i), C, self.kernel_size[i], self.bias)
+            for i, C in enumerate(self.hidden_channels)
+        )
+
+    def _directions(self) -> List[nn.ModuleList]:
+        return [self.layers, self.layers_reverse] if self.bidirectional else [self.layers]
+
+    def reset_parameters(self) -> None:
+        """Xavier-normal weights with gain ``init_gain`` (layers and 1x1 shortcuts), zero biases."""
+        for layers in self._directions():
+            for layer in layers:
+                layer.reset_parameters(self.init_gain)
+        self._reset_shortcuts(self.init_gain)
+
+    def forward(
+        self, x: torch.Tensor, h0: Optional[Sequence[torch.Tensor]] = None, return_states: bool = False
+    ) -> Union[Tuple[torch.Tensor, List[torch.Tensor]], Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]]:
+        """Run the stack over ``x``; see the class docstring for shapes."""
+        x = self._sequence_input(x)
+        T, B, _, H, W = x.shape
+        D = self.num_directions
+        init: Sequence[Optional[torch.Tensor]] = [None] * (self.num_layers * D)
+        if h0 is not None:
+            init = [
+                _check_state(f"h0[{j}]", h, B, self._state_channels(j), H, W, x)
+                for j, h in enumerate(self._check_list(h0, "states (B, C_i, H, W)", "h0"))
+            ]
+        directions = self._directions()
+
+        def run_layer(i: int, d: int, inp: torch.Tensor):
+            p = directions[d][i]
+            hs = convgru_layer(inp, p.weight_x, p.bias_x, p.weight_h, p.bias_h, init[i * D + d], backend=self.backend)
+            return hs, hs[-1], hs
+
+        out, h_n, states = self._run_stack(x, run_layer)
+        output = self._sequence_output(out)
+        if return_states:
+            return output, h_n, [self._sequence_output(s) for s in states]
+        return output, h_n
+
+    def extra_repr(self) -> str:
+        return f"{self._stack_repr()}, backend={self.backend!r}"

@@ -1,0 +1,233 @@
+"""The convolutional LSTM family: the op :func:`convlstm_layer`, its reference :func:`convlstm_layer_ref` and the
+``ConvLSTM`` stack module (the paper's baseline, shaped like ``nn.LSTM``).
+
+Gate layout of ndrplz/ConvLSTM_pytorch, so its checkpoints load (:meth:`ConvLSTM.from_ndrplz_state_dict`): one
+convolution over ``cat([x_t, h_{t-1}])`` with ``4C`` output channels, split into i, f, o, g;
+``c_t = σ(f) * c_{t-1} + σ(i) * tanh(g)``, ``h_t = σ(o) * tanh(c_t)`` (DESIGN.md section 7).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._checks import BACKENDS, check_choice, check_convlstm_args
+from ._stack import IntOrList, _check_gain, _check_state, _ConvRNNStack
+from .backends import autocast_args, empty_result, resolve_cell_backend
+
+LSTMState = Tuple[torch.Tensor, torch.Tensor]
+
+
+def convlstm_layer_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], h0: torch.Tensor, c0: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The reference ConvLSTM layer: one step at a time, as ndrplz/ConvLSTM_pytorch's cell computes it; no
+    fusion, autograd does the backward. Arguments already validated, ``h0`` and ``c0`` given.
+
+    Returns ``(h, c)``, each ``(T, B, C, H, W)``.
+    """
+    T, B, _, H, W = x.shape
+    C = weight.shape[0] // 4
+    if T == 0:
+        return x.new_empty(0, B, C, H, W), x.new_empty(0, B, C, H, W)
+    h, c = h0, c0
+    hs, cs = [], []
+    for t in range(T):
+        a = F.conv2d(torch.cat([x[t], h], dim=1), weight, bias, padding=weight.shape[-1] // 2)
+        a_i, a_f, a_o, a_g = torch.split(a, C, dim=1)
+        c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
+        h = torch.sigmoid(a_o) * torch.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(hs), torch.stack(cs)
+
+
+def convlstm_layer(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    h0: Optional[torch.Tensor] = None,
+    c0: Optional[torch.Tensor] = None,
+    *,
+    backend: str = "auto",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run one ConvLSTM layer over a whole sequence.
+
+    Args:
+        x: input sequence ``(T, B, C_in, H, W)``.
+        weight: ``(4C, C_in + C, k, k)``, convolving ``cat([x_t, h_{t-1}], dim=1)`` into the gates i, f, o, g
+            (in that order on the output channels); ``bias``: ``(4C,)`` or None.
+        h0, c0: initial hidden and cell states ``(B, C, H, W)``; None means zeros.
+        backend: ``"auto"`` (the compiled kernels when built, else the reference with one warning),
+            ``"reference"``, ``"native"`` or ``"triton"``.
+
+    Returns:
+        ``(h, c)``: the hidden and cell states after every step, both ``(T, B, C, H, W)``; ``h[-1]``, ``c[-1]``
+        are the final states. Odd square kernel, stride 1, zero "same" padding. Under ``torch.autocast`` the
+        layer runs in the autocast dtype, like the convolutions it is made of; under ``torch.no_grad()`` the
+        compiled kernels keep no gates for backward.
+    """
+    x, weight, bias, h0, c0 = autocast_args(x, weight, bias, h0, c0)
+    s = check_convlstm_args(x, weight, bias, h0, c0)
+    impl = resolve_cell_backend("convlstm", backend, x)
+    if s.T * s.B * s.H * s.W == 0:  # empty outputs, zero gradients (as cbm_layer)
+        return empty_result(x, [(s.T, s.B, s.C, s.H, s.W)] * 2, (x, weight, bias, h0, c0))
+    h0 = x.new_zeros(s.B, s.C, s.H, s.W) if h0 is None else h0
+    c0 = x.new_zeros(s.B, s.C, s.H, s.W) if c0 is None else c0
+    return impl(x, weight, bias, h0, c0)
+
+
+def ndrplz_to_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """ndrplz/ConvLSTM_pytorch's ``cell_list.{i}.conv.weight/bias`` as our ``layers.{i}.weight/bias``: same
+    gate order and input layout, so the tensors carry over unchanged. Unknown keys raise ``ValueError``."""
+    out = {}
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if len(parts) != 4 or parts[0] != "cell_list" or parts[2] != "conv" or parts[3] not in ("weight", "bias"):
+            raise ValueError(f"not a ConvLSTM_pytorch key (cell_list.{{i}}.conv.weight/bias): {key!r}")
+        out[f"layers.{parts[1]}.{parts[3]}"] = value
+    return out
+
+
+def infer_ndrplz_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """``in_channels``, ``hidden_channels``, ``kernel_size``, ``num_layers`` and ``bias`` of a
+    ConvLSTM_pytorch state dict."""
+    num_layers = 0
+    while f"cell_list.{num_layers}.conv.weight" in state_dict:
+        num_layers += 1
+    if num_layers == 0:
+        raise ValueError("state_dict has no 'cell_list.0.conv.weight': not a ConvLSTM_pytorch ConvLSTM")
+    weights = [state_dict[f"cell_list.{i}.conv.weight"] for i in range(num_layers)]
+    hidden = [w.shape[0] // 4 for w in weights]
+    kernels = []
+    for i, w in enumerate(weights):
+        if w.shape[-1] != w.shape[-2] or w.shape[-1] % 2 == 0:
+            raise ValueError(f"cell_list.{i}.conv.weight has a {tuple(w.shape[-2:])} kernel; only square odd ones load")
+        kernels.append(int(w.shape[-1]))
+    return {
+        "in_channels": int(weights[0].shape[1] - hidden[0]),
+        "hidden_channels": hidden,
+        "kernel_size": kernels,
+        "num_layers": num_layers,
+        "bias": "cell_list.0.conv.bias" in state_dict,
+    }
+
+
+class ConvLSTM(_ConvRNNStack):
+    """A stack of convolutional LSTMs, the paper's baseline, shaped like ``nn.LSTM``; every layer is one
+    :func:`convlstm_layer` call (fused kernels with ``backend="native"``/``"auto"``).
+
+    Same constructor and forward shape as :class:`~deeprnn_cuda.CBM` (without the CBM-specific options). Layer
+    ``i`` is an ``nn.Conv2d`` ``layers[i]`` (``layers_reverse[i]`` for the reverse direction when
+    ``bidirectional``) with weight ``(4 C_i, C_in_i + C_i, k_i, k_i)`` computing the gates i, f, o, g from
+    ``cat([x_t, h_{t-1}])``; ``c_t = f * c_{t-1} + i * g``, ``h_t = o * tanh(c_t)``.
+
+    ``forward(x, c0=None, return_states=False) -> (output, c_n)`` or ``(output, c_n, states)``: ``c_n`` is
+    the list of per-layer (and direction) final ``(h, c)`` tuples, ``c0`` None (zeros) or such a list of
+    initial ``(h, c)`` tuples, ``states`` the list of every layer's hidden outputs ``(T, B, C_i, H, W)`` in
+    ``x``'s layout.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: IntOrList,
+        kernel_size: IntOrList = 3,
+        num_layers: int = 1,
+        batch_first: bool = False,
+        bias: bool = True,
+        shortcut_every: int = 0,
+        init_gain: float = 1.0,
+        bidirectional: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            in_channels, hidden_channels, kernel_size, num_layers, batch_first, bias, shortcut_every, bidirectional
+        )
+        self.init_gain = _check_gain("init_gain", init_gain)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.layers = self._make_layers()
+        if bidirectional:
+            self.layers_reverse = self._make_layers()
+        self.shortcuts = self._build_shortcuts()
+        self.reset_parameters()
+
+    def _make_layers(self) -> nn.ModuleList:
+        return nn.ModuleList(
+            nn.Conv2d(
+                self.layer_in_channels(i) + C, 4 * C, self.kernel_size[i], padding=self.kernel_size[i] // 2,
+                bias=self.bias,
+            )
+            for i, C in enumerate(self.hidden_channels)
+        )
+
+    def _directions(self) -> List[nn.ModuleList]:
+        return [self.layers, self.layers_reverse] if self.bidirectional else [self.layers]
+
+    def reset_parameters(self) -> None:
+        """Xavier-normal weights with gain ``init_gain`` (layers and 1x1 shortcuts), zero biases."""
+        for layers in self._directions():
+            for conv in layers:
+                nn.init.xavier_normal_(conv.weight, gain=self.init_gain)
+                if conv.bias is not None:
+                    nn.init.zeros_(conv.bias)
+        self._reset_shortcuts(self.init_gain)
+
+    def forward(
+        self, x: torch.Tensor, c0: Optional[Sequence[LSTMState]] = None, return_states: bool = False
+    ) -> Union[Tuple[torch.Tensor, List[LSTMState]], Tuple[torch.Tensor, List[LSTMState], List[torch.Tensor]]]:
+        """Run the stack over ``x``; see the class docstring for shapes."""
+        x = self._sequence_input(x)
+        T, B, _, H, W = x.shape
+        D = self.num_directions
+        init: List[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]] = [(None, None)] * (self.num_layers * D)
+        if c0 is not None:
+            init = []
+            for j, hc in enumerate(self._check_list(c0, "(h, c) tuples")):
+                if not isinstance(hc, (list, tuple)) or len(hc) != 2:
+                    raise ValueError(f"c0[{j}] must be an (h, c) tuple, got {type(hc).__name__}")
+                C = self._state_channels(j)
+                init.append((
+                    _check_state(f"c0[{j}][0] (h)", hc[0], B, C, H, W, x),
+                    _check_state(f"c0[{j}][1] (c)", hc[1], B, C, H, W, x),
+                ))
+        directions = self._directions()
+
+        def run_layer(i: int, d: int, inp: torch.Tensor):
+            conv = directions[d][i]
+            hs, cs = convlstm_layer(inp, conv.weight, conv.bias, *init[i * D + d], backend=self.backend)
+            return hs, (hs[-1], cs[-1]), hs
+
+        out, c_n, states = self._run_stack(x, run_layer)
+        output = self._sequence_output(out)
+        if return_states:
+            return output, c_n, [self._sequence_output(s) for s in states]
+        return output, c_n
+
+    def load_ndrplz_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a state dict of ndrplz/ConvLSTM_pytorch's ``ConvLSTM`` (keys ``cell_list.{i}.conv.weight/bias``)
+        into this stack, which must have the same layers and no shortcuts (theirs has none) and be
+        unidirectional; mismatches raise ``ValueError``."""
+        if self.shortcut_every != 0 or self.bidirectional:
+            raise ValueError("load_ndrplz_state_dict needs a unidirectional ConvLSTM with shortcut_every=0, "
+                             "like ConvLSTM_pytorch's")
+        try:
+            self.load_state_dict(ndrplz_to_state_dict(state_dict))
+        except RuntimeError as e:  # missing / unexpected keys or shape mismatches
+            raise ValueError(f"ConvLSTM_pytorch state dict does not match this ConvLSTM: {e}") from e
+
+    @classmethod
+    def from_ndrplz_state_dict(cls, state_dict: Mapping[str, torch.Tensor], **kwargs) -> "ConvLSTM":
+        """Build a ConvLSTM from a ConvLSTM_pytorch state dict and load it. Sizes are inferred from the dict;
+        ``kwargs`` (e.g. ``batch_first``, ``backend``) go to the constructor. The parameters take the dict's
+        dtype and device."""
+        model = cls(**{**infer_ndrplz_config(state_dict), **kwargs})
+        ref = state_dict["cell_list.0.conv.weight"]
+        model.to(device=ref.device, dtype=ref.dtype)
+        model.load_ndrplz_state_dict(state_dict)
+        return model
+
+    def extra_repr(self) -> str:
+        return f"{self._stack_repr()}, backend={self.backend!r}"
