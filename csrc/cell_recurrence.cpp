@@ -29,8 +29,10 @@ void check_state(const Tensor& s, const Tensor& x, int64_t C, const char* name) 
   check_like_x(x, s, name);
 }
 
-void check_bias(const std::optional<Tensor>& b, int64_t n, const char* name) {
-  TORCH_CHECK_VALUE(!b.has_value() || (b->dim() == 1 && b->size(0) == n), name, " must be (", n, ",)");
+void check_bias(const std::optional<Tensor>& b, int64_t n, const char* name, const Tensor& x) {
+  if (!b.has_value()) return;
+  TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == n, name, " must be (", n, ",)");
+  check_like_x(x, *b, name);
 }
 
 Tensor bias_or_zeros(const std::optional<Tensor>& b, int64_t n, const Tensor& like) {
@@ -47,7 +49,7 @@ void check_convlstm_args(const Tensor& x, const Tensor& weight, const std::optio
   check_kernel(weight, "weight");
   check_like_x(x, weight, "weight");
   const int64_t C = weight.size(0) / 4;
-  check_bias(bias, 4 * C, "bias");
+  check_bias(bias, 4 * C, "bias", x);
   check_state(h0, x, C, "h0");
   check_state(c0, x, C, "c0");
 }
@@ -64,8 +66,8 @@ void check_convgru_args(const Tensor& x, const Tensor& weight_x, const std::opti
   check_kernel(weight_h, "weight_h");
   check_like_x(x, weight_x, "weight_x");
   check_like_x(x, weight_h, "weight_h");
-  check_bias(bias_x, 3 * C, "bias_x");
-  check_bias(bias_h, 3 * C, "bias_h");
+  check_bias(bias_x, 3 * C, "bias_x", x);
+  check_bias(bias_h, 3 * C, "bias_h", x);
   check_state(h0, x, C, "h0");
 }
 
