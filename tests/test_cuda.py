@@ -104,7 +104,9 @@ def test_half_matches_reference(combo, dtype, shape):
     inputs = make_inputs(**shape, dtype=dtype)
     # act_t = relu: relu'(G) has a kink at 0, and rounding G to 8 (bf16) or 11 (fp16) bits flips the gate of
     # the entries near 0 against the float64 reference, so the gradients (not the outputs) get a looser bound.
-    # The verified CPU kernels show the same: bf16 gradient errors up to 6e-2 with relu, <= 4e-3 with sigmoid.
+    # The verified CPU kernels show the same at these two shapes over every option and TD kind (measured
+    # 2026-12, tests' seeds): bf16 gradient errors up to 7.0e-2 with relu, <= 8.8e-3 with sigmoid. This is the
+    # one deliberate exception to DESIGN.md section 5; outputs and every sigmoid case keep 2e-2.
     grad_tol = None if opts["act_t"] == "sigmoid" else (1e-1 if dtype == torch.bfloat16 else 5e-2)
     check_against_reference(inputs, make_td(td, shape["T"], shape["B"]), dtype, grad_tol=grad_tol, **opts)
 
