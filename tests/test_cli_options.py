@@ -1,11 +1,14 @@
 """``deeprnn train`` / ``compare`` options reach the code they name: each run is tiny, and the functions the
 training loop calls are watched (the functions themselves are tested against independent sides elsewhere)."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import deeprnn_cuda.training.loop as loop
 from deeprnn_cuda.cli import main
-from test_cli import TINY, _last_json
+from test_cli import TINY, _env, _last_json, _same_weights
 
 CLIPS = ["--clip-min", "2", "--clip-max", "3"]
 
@@ -89,14 +92,6 @@ def test_compare_cells_runs_only_the_cells_named(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["convlstm-1", "convlstm-2"]
 
 
-def _same_weights(a_dir, b_dir):
-    a = torch.load(a_dir / "checkpoint.pt", weights_only=False)
-    b = torch.load(b_dir / "checkpoint.pt", weights_only=False)
-    assert a["epoch"] == b["epoch"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-
-
 @pytest.mark.parametrize("extra", [CLIPS, [*CLIPS, "--backend", "native"]], ids=["clips", "clips-native"])
 def test_resume_is_exact_with_clip_training(tmp_path, capsys, extra):
     """Resuming replays the RNG of clip sampling and TD coins: the same weights as a straight run."""
@@ -106,4 +101,21 @@ def test_resume_is_exact_with_clip_training(tmp_path, capsys, extra):
     assert main(["train", *tiny, "--epochs", "2", "--resume", "--out", str(tmp_path / "split")]) == 0
     summary = _last_json(capsys.readouterr().out)
     assert summary["backend"] == ("native" if "native" in extra else "reference")
+    _same_weights(tmp_path / "straight", tmp_path / "split")
+
+
+@pytest.mark.slow
+def test_torchrun_resume_is_exact(tmp_path):
+    """Two CPU processes under torchrun: 1 epoch then --resume to 2 gives a straight 2-epoch run's weights."""
+    tiny = [*TINY, "--td-schedule", "1.0,0.5@1", "--lr-schedule", "constant", *CLIPS, "--device", "cpu"]
+
+    def torchrun(*args):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "deeprnn_cuda", "train", *tiny, *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=180, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun("--epochs", "2", "--out", str(tmp_path / "straight"))
+    torchrun("--epochs", "1", "--out", str(tmp_path / "split"))
+    torchrun("--epochs", "2", "--resume", "--out", str(tmp_path / "split"))
     _same_weights(tmp_path / "straight", tmp_path / "split")

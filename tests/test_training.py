@@ -84,6 +84,8 @@ def test_waves_batch_clips_whose_initial_state_is_known():
     assert schedule_waves(clips) == [[0], [1, 2], [3]]
     with pytest.raises(ValueError, match="clips must each start"):
         schedule_waves([Clip(0, 3), Clip(5, 8)])
+    # A clip needs the state just before its first frame, not its first frame: adjacent clips chain.
+    assert schedule_waves([Clip(0, 3), Clip(3, 6), Clip(6, 8)]) == [[0], [1], [2]]
 
 
 def _tiny_model(cell="cbm"):
