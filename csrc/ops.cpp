@@ -25,8 +25,13 @@ PyObject* PyInit__C(void) {
 
 namespace deeprnn {
 
+// csrc/cpu/cbm_cpu.cpp: sets the CPU kernels' StepKernels::conv_chunk_elements (default 2^20; <= 0: one chunk)
+// and returns the previous value. A testing aid: tiny shapes then reach every chunk branch of the driver.
+int64_t set_cpu_conv_chunk_elements(int64_t elements);
+
 #ifdef DEEPRNN_WITH_CUDA
 int64_t persistent_launches();  // csrc/cuda/cbm_persistent_cuda.cpp
+int64_t graph_replays();        // csrc/cuda/cbm_cuda.cpp
 #endif
 
 // How many times the persistent CUDA kernels ran in this process (0 without CUDA): lets tests tell them from
@@ -34,6 +39,16 @@ int64_t persistent_launches();  // csrc/cuda/cbm_persistent_cuda.cpp
 int64_t cuda_persistent_launches() {
 #ifdef DEEPRNN_WITH_CUDA
   return persistent_launches();
+#else
+  return 0;
+#endif
+}
+
+// How many times the native op replayed one of its own CUDA graphs (DEEPRNN_CUDA_GRAPHS=1; 0 without CUDA): lets
+// tests tell a replay from a silent fall-back to the eager loop.
+int64_t cuda_graph_replays() {
+#ifdef DEEPRNN_WITH_CUDA
+  return graph_replays();
 #else
   return 0;
 #endif
@@ -83,6 +98,9 @@ TORCH_LIBRARY(deeprnn, m) {
   m.def("cuda_compiled() -> bool", &cuda_compiled);
   m.def("build_info() -> str", &build_info);
   m.def("cuda_persistent_launches() -> int", &cuda_persistent_launches);
+  m.def("cuda_graph_replays() -> int", &cuda_graph_replays);
+  // Testing aid: the CPU driver's chunk size (csrc/cbm.h), so tiny shapes run several chunks.
+  m.def("_set_cpu_conv_chunk_elements(int elements) -> int", &set_cpu_conv_chunk_elements);
 }
 
 }  // namespace deeprnn

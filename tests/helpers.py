@@ -1,4 +1,7 @@
 """Comparison helpers for tests: DESIGN.md section 5 tolerances."""
+import contextlib
+from typing import Iterator
+
 import torch
 
 TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
@@ -37,3 +40,14 @@ def make_inputs(T, B, C_in, C, H, W, k_r=3, k_t=3, dtype=torch.float64, bias=Tru
         bias_t=rnd(C, scale=0.1) if bias else None,
         c0=rnd(B, C, H, W, scale=0.5),
     )
+
+
+@contextlib.contextmanager
+def cpu_conv_chunk_elements(elements: int) -> Iterator[None]:
+    """Run the native CPU driver with ``StepKernels::conv_chunk_elements = elements`` (default 2^20; <= 0: one
+    chunk), so tiny shapes reach its chunk branches; the previous value is restored on exit."""
+    previous = torch.ops.deeprnn._set_cpu_conv_chunk_elements(elements)
+    try:
+        yield
+    finally:
+        torch.ops.deeprnn._set_cpu_conv_chunk_elements(previous)

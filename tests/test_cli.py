@@ -134,6 +134,25 @@ def _run_cli(args, tmp_path, timeout=120):
         (["--clip-min", "1", "--clip-max", "3"], "--clip-min"),
         (["--td-schedule", "1.0,0.5"], "--td-schedule"),
         (["--coherence-on", "hidden"], "--coherence-on"),
+        (["--kernel-size", "4"], "--kernel-size"),
+        (["--shortcut-every", "-1"], "--shortcut-every"),
+        (["--overlap", "1.0"], "--overlap"),
+        (["--coherence-lambda", "-0.5"], "--coherence-lambda"),
+        (["--lr", "0"], "--lr"),
+        (["--lr-schedule", "step"], "--lr-schedule"),
+        (["--layers", "0"], "--layers"),
+        (["--hidden", "0"], "--hidden"),
+        (["--frames", "1"], "--frames"),
+        (["--image-size", "2"], "--image-size"),
+        (["--epochs", "0"], "--epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--train-size", "0"], "--train-size"),
+        (["--test-size", "0"], "--test-size"),
+        (["--backend", "cuda"], "--backend"),
+        (["--device", "tpu"], "--device"),
+        (["--threads", "0"], "--threads"),
+        (["--cell", "convlstm", "--clip-max", "3"], "--clip-max"),
+        (["--task", "cat-dog", "--frames", "32"], "--frames"),
     ],
 )
 def test_bad_options_fail_in_one_line_with_exit_code_2(tmp_path, capsys, args, option):
@@ -147,6 +166,34 @@ def test_bad_options_fail_in_one_line_with_exit_code_2(tmp_path, capsys, args, o
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and option in lines[0], captured.err
     assert captured.out == "" and not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_fails_in_one_line(tmp_path, capsys):
+    assert main(["train", *TINY, "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--device" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "args,option",
+    [
+        (["--cells", "cbm,gru"], "--cells"),
+        (["--cells", " , "], "--cells"),
+        (["--depths", "1,x"], "--depths"),
+        (["--depths", "0"], "--layers"),
+        (["--cells", "cbm,convlstm", "--clip-max", "3"], "--clip-max"),  # convlstm cannot: found before cbm runs
+    ],
+)
+def test_bad_compare_options_fail_before_any_run(tmp_path, capsys, args, option):
+    out = tmp_path / "grid"
+    base = [a for a in TINY if a not in ("--layers", "2")]
+    assert main(["compare", *base, "--epochs", "1", "--out", str(out), *args]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0], captured.err
+    assert not out.exists()
 
 
 def test_resuming_another_architecture_fails_and_overwrites_nothing(tmp_path, capsys):

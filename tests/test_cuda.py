@@ -70,6 +70,11 @@ def check_against_reference(inputs, td_mask, dtype, grad_tol=None, **opts):
         assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.0e} ({dtype}, {opts}, td={td_mask is not None})"
 
 
+def graph_replays() -> int:
+    """Replays of the native op's own CUDA graphs so far in this process (DEEPRNN_CUDA_GRAPHS=1)."""
+    return int(torch.ops.deeprnn.cuda_graph_replays())
+
+
 def combo_opts(combo):
     act_r, act_t, merge, td = combo
     return dict(act_r=act_r, act_t=act_t, merge=merge), td
@@ -99,7 +104,9 @@ def test_half_matches_reference(combo, dtype, shape):
     inputs = make_inputs(**shape, dtype=dtype)
     # act_t = relu: relu'(G) has a kink at 0, and rounding G to 8 (bf16) or 11 (fp16) bits flips the gate of
     # the entries near 0 against the float64 reference, so the gradients (not the outputs) get a looser bound.
-    # The verified CPU kernels show the same: bf16 gradient errors up to 6e-2 with relu, <= 4e-3 with sigmoid.
+    # The verified CPU kernels show the same at these two shapes over every option and TD kind (measured
+    # 2026-12, tests' seeds): bf16 gradient errors up to 7.0e-2 with relu, <= 8.8e-3 with sigmoid. This is the
+    # one deliberate exception to DESIGN.md section 5; outputs and every sigmoid case keep 2e-2.
     grad_tol = None if opts["act_t"] == "sigmoid" else (1e-1 if dtype == torch.bfloat16 else 5e-2)
     check_against_reference(inputs, make_td(td, shape["T"], shape["B"]), dtype, grad_tol=grad_tol, **opts)
 
@@ -179,22 +186,41 @@ def test_deterministic():
         torch.backends.cudnn.deterministic = old
 
 
-def test_non_contiguous_inputs():
-    T, B, C_in, C, H, W = 3, 2, 4, 8, 6, 6
-    base = make_inputs(T, B, C_in, C, H, W, dtype=torch.float64)
-    # Same values, awkward layouts: x with (T, B) swapped in memory, weights transposed in memory, c0
-    # channels_last, biases strided.
+def awkward_layouts(base):
+    """The same values as ``base`` in awkward layouts: x with (T, B) swapped in memory, weights transposed in
+    memory, c0 channels_last, bias_r strided."""
     x = base["x"].detach().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_()
     weight_r = base["weight_r"].detach().transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()
     weight_t = base["weight_t"].detach().permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3).requires_grad_()
     bias_r = torch.stack([base["bias_r"].detach(), base["bias_r"].detach()], 1)[:, 0].requires_grad_()
     c0 = base["c0"].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
-    odd = dict(x=x, weight_r=weight_r, bias_r=bias_r, weight_t=weight_t, bias_t=base["bias_t"], c0=c0)
     assert not x.is_contiguous() and not weight_t.is_contiguous() and not c0.is_contiguous()
-    got = run(odd, "native", make_td("node", T, B))
-    ref = run(as_double(base), "reference", make_td("node", T, B))
+    return dict(x=x, weight_r=weight_r, bias_r=bias_r, weight_t=weight_t, bias_t=base["bias_t"], c0=c0)
+
+
+def check_awkward_layouts(shape, dtype, td="node"):
+    """Native on awkward layouts vs the float64 reference on contiguous copies of the same values."""
+    base = make_inputs(**shape, dtype=dtype)
+    mask = make_td(td, shape["T"], shape["B"])
+    got = run(awkward_layouts(base), "native", mask)
+    ref = run(as_double(base), "reference", mask)
     for name, a, b in zip(NAMES, got, ref):
-        assert_close_rel(a, b, torch.float64, name)
+        assert a.dtype == dtype, name
+        assert_close_rel(a, b, dtype, name)
+
+
+@pytest.mark.parametrize("shape", [dict(T=3, B=2, C_in=4, C=8, H=6, W=6), ALIGNED, SMALL], ids=["c8", "aligned", "small"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+def test_non_contiguous_inputs(dtype, shape):
+    check_awkward_layouts(shape, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("td", [None, "sample"])
+def test_long_sequence(dtype, td):
+    """T = 64: rounding drift over many steps (bf16) and a long recurrence, forward and backward."""
+    inputs = make_inputs(T=64, B=2, C_in=4, C=8, H=8, W=8, dtype=dtype)
+    check_against_reference(inputs, make_td(td, 64, 2), dtype)
 
 
 def test_cotangent_layouts():
@@ -282,9 +308,14 @@ def test_internal_cuda_graphs(monkeypatch, td):
     mask = make_td(td, shape["T"], shape["B"])
     for seed in range(4):  # call 0 eager (warm-up), call 1 captures, calls 2-3 replay
         inputs = make_inputs(**shape, dtype=torch.float32, seed=seed)
+        before = graph_replays()
         got = run(inputs, "native", mask)
+        if seed >= 2:  # both graphs (forward, backward) captured by now: a silent eager fall-back shows here
+            assert graph_replays() - before == 2, f"call {seed}: {graph_replays() - before} graph replays, not 2"
         monkeypatch.setenv("DEEPRNN_CUDA_GRAPHS", "0")
+        before = graph_replays()
         expected = run(inputs, "native", mask)
+        assert graph_replays() == before, "DEEPRNN_CUDA_GRAPHS=0 still replayed a graph"
         monkeypatch.setenv("DEEPRNN_CUDA_GRAPHS", "1")
         for name, a, b in zip(NAMES, got, expected):
             assert_close_rel(a, b, torch.float32, f"call {seed}: {name}")
@@ -309,8 +340,10 @@ def test_internal_cuda_graphs_under_user_capture(monkeypatch):
                 cbm_layer(**static, backend="native")
         torch.cuda.current_stream().wait_stream(s)
         graph = torch.cuda.CUDAGraph()
+        before = graph_replays()
         with torch.cuda.graph(graph):
             o, c = cbm_layer(**static, backend="native")
+        assert graph_replays() == before, "the op replayed its own graph inside the user's capture"
         fresh = make_inputs(**ALIGNED, dtype=torch.float32, seed=5)
         for k in static:
             static[k].copy_(fresh[k])

@@ -10,8 +10,8 @@ import torch
 
 from deeprnn_cuda import CBM, cbm_layer
 from helpers import TOLERANCES, assert_close_rel, rel_err
-from test_cuda import (COMBO_IDS, COMBOS, NAMES, as_double, check_against_reference, combo_opts, make_inputs,
-                       make_td, run)
+from test_cuda import (COMBO_IDS, COMBOS, NAMES, as_double, check_against_reference, check_awkward_layouts,
+                       combo_opts, make_inputs, make_td, run)
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]
@@ -164,3 +164,30 @@ def test_deep_stack_training_step(persistent):
     assert_close_rel(out, ref_out, torch.float64, "out")
     for i, (a, b) in enumerate(zip(grads, ref_grads)):
         assert_close_rel(a, b, torch.float64, f"grad {i}")
+
+
+# Half precision meets Temporal Dropout (COMBOS[::3] above picks td=None only); sigmoid gates, so the DESIGN.md
+# tolerance holds for the gradients too.
+HALF_TD = [("relu", "sigmoid", "mul"), ("tanh", "sigmoid", "add")]
+
+
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("td", ["node", "sample"])
+@pytest.mark.parametrize("acts", HALF_TD, ids=["-".join(a) for a in HALF_TD])
+def test_half_with_td_matches_reference(persistent, acts, td, dtype, shape):
+    s = SHAPES[shape]
+    opts = dict(zip(("act_r", "act_t", "merge"), acts))
+    check_against_reference(make_inputs(**s, dtype=dtype), make_td(td, s["T"], s["B"]), dtype, **opts)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_long_sequence(persistent, dtype):
+    """T = 64: 64 grid barriers per direction, bf16 drift over a long recurrence."""
+    inputs = make_inputs(T=64, B=2, C_in=4, C=32, H=6, W=6, dtype=dtype)
+    check_against_reference(inputs, make_td("sample", 64, 2), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+def test_non_contiguous_inputs(persistent, dtype):
+    check_awkward_layouts(dict(T=3, B=2, C_in=4, C=32, H=6, W=6), dtype)

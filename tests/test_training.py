@@ -17,6 +17,7 @@ from deeprnn_cuda.training import (
     save_atomic,
     schedule_waves,
 )
+from helpers import assert_close_rel
 
 
 # --- the clip sampler -------------------------------------------------------------------------------
@@ -83,6 +84,8 @@ def test_waves_batch_clips_whose_initial_state_is_known():
     assert schedule_waves(clips) == [[0], [1, 2], [3]]
     with pytest.raises(ValueError, match="clips must each start"):
         schedule_waves([Clip(0, 3), Clip(5, 8)])
+    # A clip needs the state just before its first frame, not its first frame: adjacent clips chain.
+    assert schedule_waves([Clip(0, 3), Clip(3, 6), Clip(6, 8)]) == [[0], [1], [2]]
 
 
 def _tiny_model(cell="cbm"):
@@ -195,6 +198,62 @@ def test_training_step_with_step_updates_after_every_wave():
     without = overlap_training_step(model, x, y, clips, lam=0.0, step=step)
     # later waves meet outputs of earlier weights: the coherence term is no longer zero
     assert with_coherence["loss"] > without["loss"]
+
+
+def _expected_wave_grads(model, x, y, clips, waves, lam, space):
+    """An independent transcription of the paper's per-wave loss without the hand-off: every clip runs alone
+    from zero states; its loss is the cross entropy on its labelled frames plus ``lam`` * the MSE between
+    ``space`` of its outputs on frames an earlier wave produced and ``space`` of the latest such (detached)
+    outputs; a wave's loss is the mean over its clips. Returns the parameter gradients of each wave's loss."""
+    params = list(model.parameters())
+    latest, grads = {}, []
+    for wave in waves:
+        loss, produced = 0.0, {}
+        for i in wave:
+            start, stop = clips[i]
+            out, _ = model(x[start:stop])
+            loss_i = nn.functional.cross_entropy(out.flatten(0, 1), y[start:stop].flatten(), ignore_index=-100)
+            seen = [f for f in range(start, stop) if f in latest]
+            if seen:
+                mine = space(out[[f - start for f in seen]])
+                theirs = space(torch.stack([latest[f] for f in seen]))
+                loss_i = loss_i + lam * ((mine - theirs) ** 2).mean()
+            loss = loss + loss_i / len(wave)
+            produced.update({f: out[f - start].detach() for f in range(start, stop)})
+        grads.append(torch.autograd.grad(loss, params))
+        latest.update(produced)
+    return grads
+
+
+@pytest.mark.parametrize("coherence_on", ["probabilities", "logits"])
+def test_training_step_gradients_match_the_per_wave_loss(coherence_on):
+    """The gradients each wave's backward produces (not only the loss values): coherence pulls the later clip
+    towards the detached earlier one, and each wave's loss is normalised by its own number of clips."""
+    model = _tiny_model()
+    x = torch.randn(9, 2, 1, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 5, (9, 2))
+    y[1] = -100  # some unlabelled frames
+    clips = [Clip(0, 4), Clip(2, 6), Clip(3, 7), Clip(5, 9)]
+    waves = [[0], [1, 2], [3]]  # clip 3's frame 5 was produced by clips 1 and 2: clip 2's output is the latest
+    space = (lambda z: z.softmax(-1)) if coherence_on == "probabilities" else (lambda z: z)
+    expected = _expected_wave_grads(model, x, y, clips, waves, 0.7, space)
+    got = []
+
+    def step():  # records the wave's gradients; weights stay put, so every wave sees the same model
+        got.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+
+    overlap_training_step(model, x, y, clips, lam=0.7, handoff=False, step=step, coherence_on=coherence_on)
+    assert len(got) == len(waves)
+    for w, (g_wave, e_wave) in enumerate(zip(got, expected)):
+        for g, e in zip(g_wave, e_wave):
+            assert_close_rel(g, e, torch.float64, f"wave {w}")
+    # Without step: one backward of the mean over all clips, i.e. the waves' gradients weighted by their sizes.
+    model.zero_grad()
+    overlap_training_step(model, x, y, clips, lam=0.7, handoff=False, coherence_on=coherence_on)
+    for i, p in enumerate(model.parameters()):
+        total = sum(e_wave[i] * len(wave) for e_wave, wave in zip(expected, waves)) / len(clips)
+        assert_close_rel(p.grad, total, torch.float64, "accumulated")
 
 
 def test_single_whole_clip_is_plain_cross_entropy():

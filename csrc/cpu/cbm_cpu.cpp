@@ -7,6 +7,8 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <atomic>
+
 #include "../cbm.h"
 
 namespace deeprnn {
@@ -164,7 +166,12 @@ void backward_epilogue_cpu(const Tensor& grad_o, const Tensor& grad_c, const Ten
   });
 }
 
-constexpr StepKernels kCpuKernels{forward_epilogue_cpu, backward_epilogue_cpu, /*conv_chunk_elements=*/1 << 20};
+constexpr int64_t kDefaultConvChunkElements = int64_t(1) << 20;
+std::atomic<int64_t> g_conv_chunk_elements{kDefaultConvChunkElements};  // see set_cpu_conv_chunk_elements
+
+StepKernels cpu_kernels() {
+  return StepKernels{forward_epilogue_cpu, backward_epilogue_cpu, g_conv_chunk_elements.load()};
+}
 
 std::tuple<Tensor, Tensor, Tensor> cbm_forward_cpu(const Tensor& x, const Tensor& weight_r,
                                                    const std::optional<Tensor>& bias_r, const Tensor& weight_t,
@@ -174,14 +181,14 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_cpu(const Tensor& x, const Tensor
   const Options opt{act_r, act_t, merge};
   check_forward_args(x, weight_r, bias_r, weight_t, bias_t, c0, opt);
   check_td_mask(x, td_mask);  // used in backward only, but a bad mask fails where it is passed
-  return cbm_forward_impl(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kCpuKernels);
+  return cbm_forward_impl(x, weight_r, bias_r, weight_t, bias_t, c0, opt, cpu_kernels());
 }
 
 std::tuple<Tensor, Tensor> cbm_inference_cpu(const Tensor& x, const Tensor& weight_r,
                                              const std::optional<Tensor>& bias_r, const Tensor& weight_t,
                                              const std::optional<Tensor>& bias_t, const Tensor& c0, int64_t act_r,
                                              int64_t act_t, int64_t merge) {
-  return cbm_inference_impl(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge}, kCpuKernels);
+  return cbm_inference_impl(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge}, cpu_kernels());
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cpu(
@@ -189,10 +196,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cpu(
     const Tensor& c0, const Tensor& r, const Tensor& c, const std::optional<Tensor>& td_mask, int64_t act_r,
     int64_t act_t, int64_t merge) {
   return cbm_backward_impl(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, {act_r, act_t, merge},
-                           kCpuKernels);
+                           cpu_kernels());
 }
 
 }  // namespace
+
+int64_t set_cpu_conv_chunk_elements(int64_t elements) { return g_conv_chunk_elements.exchange(elements); }
 
 TORCH_LIBRARY_IMPL(deeprnn, CPU, m) {
   m.impl("cbm_forward", &cbm_forward_cpu);

@@ -21,6 +21,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <functional>
 #include <list>
@@ -148,6 +149,8 @@ int64_t env_int(const char* name, int64_t fallback) {
 
 bool graphs_requested() { return env_int("DEEPRNN_CUDA_GRAPHS", 0) == 1; }
 
+std::atomic<int64_t> g_graph_replays{0};  // replays of a captured graph (tests check the graph really ran)
+
 // A CUDA graph of one whole op call on fixed-address inputs.
 struct GraphEntry {
   std::unique_ptr<at::cuda::CUDAGraph> graph;  // null until captured
@@ -207,6 +210,7 @@ class GraphCache {
       }
     }
     e->graph->replay();
+    g_graph_replays.fetch_add(1, std::memory_order_relaxed);
     std::vector<Tensor> out;
     out.reserve(e->static_out.size());
     for (const Tensor& t : e->static_out) out.push_back(t.clone());
@@ -389,6 +393,8 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_autocast_cuda(const Tensor& x, co
 }
 
 }  // namespace
+
+int64_t graph_replays() { return g_graph_replays.load(std::memory_order_relaxed); }
 
 TORCH_LIBRARY_IMPL(deeprnn, CUDA, m) {
   m.impl("cbm_forward", &cbm_forward_cuda);

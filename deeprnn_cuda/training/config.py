@@ -110,6 +110,8 @@ class TrainConfig:
                 raise ConfigError(option, f"must be >= {low}, got {value}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ConfigError("--kernel-size", f"must be an odd number >= 1, got {self.kernel_size}")
+        if self.shortcut_every < 0:
+            raise ConfigError("--shortcut-every", f"must be >= 0 (0: no shortcuts), got {self.shortcut_every}")
         if self.lr <= 0:
             raise ConfigError("--lr", f"must be > 0, got {self.lr}")
         if self.lr_schedule not in LR_SCHEDULES:
