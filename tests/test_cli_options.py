@@ -1,11 +1,14 @@
 """``deeprnn train`` / ``compare`` options reach the code they name: each run is tiny, and the functions the
 training loop calls are watched (the functions themselves are tested against independent sides elsewhere)."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import deeprnn_cuda.training.loop as loop
 from deeprnn_cuda.cli import main
-from test_cli import TINY, _last_json, _same_weights
+from test_cli import TINY, _env, _last_json, _same_weights
 
 CLIPS = ["--clip-min", "2", "--clip-max", "3"]
 
@@ -100,3 +103,19 @@ def test_resume_is_exact_with_clip_training(tmp_path, capsys, extra):
     assert summary["backend"] == ("native" if "native" in extra else "reference")
     _same_weights(tmp_path / "straight", tmp_path / "split")
 
+
+@pytest.mark.slow
+def test_torchrun_resume_is_exact(tmp_path):
+    """Two CPU processes under torchrun: 1 epoch then --resume to 2 gives a straight 2-epoch run's weights."""
+    tiny = [*TINY, "--td-schedule", "1.0,0.5@1", "--lr-schedule", "constant", *CLIPS, "--device", "cpu"]
+
+    def torchrun(*args):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "deeprnn_cuda", "train", *tiny, *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    torchrun("--epochs", "2", "--out", str(tmp_path / "straight"))
+    torchrun("--epochs", "1", "--out", str(tmp_path / "split"))
+    torchrun("--epochs", "2", "--resume", "--out", str(tmp_path / "split"))
+    _same_weights(tmp_path / "straight", tmp_path / "split")
