@@ -251,7 +251,7 @@ def test_td_eval_mode_has_no_mask(backend):
 
 def spy_td_masks(monkeypatch):
     """The ``td_mask`` of every ``cbm_layer`` call the modules make, in call order (the masks really used)."""
-    import deeprnn_cuda.modules as modules
+    import deeprnn_cuda.cbm as modules  # where CBM looks cbm_layer up
 
     seen, real = [], modules.cbm_layer
 
