@@ -61,8 +61,8 @@ struct StepKernels {
                    const at::Tensor& c, const at::Tensor& dG, const at::Tensor& dP_r, Options opt);
   // Most elements (input plus output channels, times pixels, times images) per input-projection convolution,
   // forward and backward; 0 means all T*B images in one call. oneDNN runs large NCHW batches markedly slower
-  // per image than ~1M-element ones, while many tiny calls cost overhead, so the CPU goes a chunk at a time
-  // (2^20; tests make it small with the op deeprnn::_set_cpu_conv_chunk_elements to reach every chunk branch).
+  // per image than small ones, while many tiny calls cost overhead, so the CPU goes a chunk at a time
+  // (csrc/cpu/conv_chunk.h; tests make it small with deeprnn::_set_cpu_conv_chunk_elements).
   int64_t conv_chunk_elements = 0;
   // Optional (null: always the per-step loop). Fills r, c, o for all T steps, either by calling step_loop (the
   // per-step path) or with its own kernels; it may run both, e.g. to time them. Called when one chunk covers T.

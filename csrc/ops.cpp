@@ -25,7 +25,7 @@ PyObject* PyInit__C(void) {
 
 namespace deeprnn {
 
-// csrc/cpu/cbm_cpu.cpp: sets the CPU kernels' StepKernels::conv_chunk_elements (default 2^20; <= 0: one chunk)
+// csrc/cpu/cbm_cpu.cpp: sets the CPU kernels' conv_chunk_elements of every cell (csrc/cpu/conv_chunk.h; <= 0: one chunk)
 // and returns the previous value. A testing aid: tiny shapes then reach every chunk branch of the driver.
 int64_t set_cpu_conv_chunk_elements(int64_t elements);
 

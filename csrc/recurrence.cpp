@@ -19,8 +19,29 @@ Tensor crop_kernel(const Tensor& g, int64_t k) {
 
 Tensor transpose_kernel(const Tensor& w) { return w.flip({2, 3}).transpose(0, 1).contiguous(); }
 
+namespace {
+
+// oneDNN spends tens of microseconds on any CPU convolution (it picks a kernel and reorders the weights per call),
+// more than a whole per-step recurrent convolution of a small image costs as im2col + GEMM (ATen's thnn_conv2d):
+// that runs them in about half the time, up to roughly this size, where oneDNN's faster kernels take over
+// (measured per shape in benchmarks/RESULTS.md, "CPU: the recurrent convolution"). A fixed rule, not a timing,
+// so that every run of a program computes the same bits.
+constexpr double kIm2colMaxFlops = 3.2e7;
+
+bool im2col_is_faster(const Tensor& input, const Tensor& weight) {
+  // float only: oneDNN has no double kernels (ATen already takes the im2col path), and bf16 GEMMs are slow here.
+  if (!input.is_cpu() || input.scalar_type() != at::kFloat) return false;
+  const double flops = 2.0 * double(input.size(0)) * double(input.size(2)) * double(input.size(3)) *
+                       double(weight.numel());
+  return flops <= kIm2colMaxFlops;
+}
+
+}  // namespace
+
 Tensor same_conv(const Tensor& input, const Tensor& weight) {
-  return at::conv2d(input, weight, {}, 1, weight.size(-1) / 2);
+  const int64_t k = weight.size(-1), p = k / 2;
+  if (im2col_is_faster(input, weight)) return at::thnn_conv2d(input, weight, {k, k}, {}, {1, 1}, {p, p});
+  return at::conv2d(input, weight, {}, 1, p);
 }
 
 std::tuple<Tensor, Tensor, Tensor> conv_backward(const Tensor& grad, const Tensor& input, const Tensor& weight,

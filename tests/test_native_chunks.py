@@ -1,7 +1,7 @@
 """The native CPU driver's time chunks (csrc/cbm_recurrence.cpp) against the reference, in float64.
 
 The CPU op takes the input projections (and, backward, the weight and input gradients) a chunk of time steps at
-a time once T*B*(C_in+2C)*H*W exceeds StepKernels::conv_chunk_elements (2^20 by default), and backward hands
+a time once T*B*(C_in+2C)*H*W exceeds StepKernels::conv_chunk_elements (2^18 by default), and backward hands
 each chunk the recurrent gradient of the chunk after it. The default is out of reach of tiny test shapes, so
 these tests set it small (tests/helpers.py: cpu_conv_chunk_elements) and run every chunk branch: one step per
 chunk, several chunks with an uneven last one, exactly one chunk, every act/merge/TD option.
@@ -92,7 +92,7 @@ def test_chunk_setting_really_splits_the_work(steps):
 
 
 def test_default_chunk_is_unchanged():
-    """Tests restore the driver's default of 2^20 elements per chunk."""
+    """Tests restore the driver's default of 2^18 elements per chunk (csrc/cpu/conv_chunk.h)."""
     previous = torch.ops.deeprnn._set_cpu_conv_chunk_elements(123)
-    assert previous == 1 << 20
+    assert previous == 1 << 18
     assert torch.ops.deeprnn._set_cpu_conv_chunk_elements(previous) == 123

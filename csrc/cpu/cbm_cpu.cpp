@@ -7,9 +7,8 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <atomic>
-
 #include "../cbm.h"
+#include "conv_chunk.h"
 
 namespace deeprnn {
 namespace {
@@ -88,9 +87,12 @@ void backward_row(const Row<N>& row, int64_t n) {
   };
   int64_t j = 0;
   if constexpr (kSimd<scalar_t>) {
-    if (row.template contiguous<scalar_t>()) {
+    if (row.template contiguous_or_broadcast<scalar_t>()) {  // the output gradients may be broadcast zeros
       using V = Vec<scalar_t>;
-      auto load = [&](int i) { return V::loadu(row.template at<scalar_t>(i, j)); };
+      auto load = [&](int i) {
+        const scalar_t* p = row.template at<scalar_t>(i, j);
+        return row.stride[i] == 0 ? V(*p) : V::loadu(p);
+      };
       for (; j + V::size() <= n; j += V::size()) {
         const auto [dG, dPr] = step(load(2), load(3), kHasRec ? load(N - 1) : V(0), load(4), load(5));
         dG.store(row.template at<scalar_t>(0, j));
@@ -166,11 +168,8 @@ void backward_epilogue_cpu(const Tensor& grad_o, const Tensor& grad_c, const Ten
   });
 }
 
-constexpr int64_t kDefaultConvChunkElements = int64_t(1) << 20;
-std::atomic<int64_t> g_conv_chunk_elements{kDefaultConvChunkElements};  // see set_cpu_conv_chunk_elements
-
 StepKernels cpu_kernels() {
-  return StepKernels{forward_epilogue_cpu, backward_epilogue_cpu, g_conv_chunk_elements.load()};
+  return StepKernels{forward_epilogue_cpu, backward_epilogue_cpu, g_cpu_conv_chunk_elements.load()};
 }
 
 std::tuple<Tensor, Tensor, Tensor> cbm_forward_cpu(const Tensor& x, const Tensor& weight_r,
@@ -201,7 +200,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cpu(
 
 }  // namespace
 
-int64_t set_cpu_conv_chunk_elements(int64_t elements) { return g_conv_chunk_elements.exchange(elements); }
+int64_t set_cpu_conv_chunk_elements(int64_t elements) { return g_cpu_conv_chunk_elements.exchange(elements); }
 
 TORCH_LIBRARY_IMPL(deeprnn, CPU, m) {
   m.impl("cbm_forward", &cbm_forward_cpu);

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../cells.h"
+#include "conv_chunk.h"
 
 namespace deeprnn {
 namespace {
@@ -114,21 +115,21 @@ void gru_backward_r(const Tensor& d_rh, const Tensor& gates, const Tensor& h_pre
            });
 }
 
-// Same chunking as the CBM CPU kernels (csrc/cpu/cbm_cpu.cpp).
-constexpr int64_t kChunkElements = 1 << 20;
-constexpr LstmStepKernels kLstmCpu{lstm_forward, lstm_backward, kChunkElements};
-constexpr GruStepKernels kGruCpu{gru_forward_zr, gru_forward_n, gru_backward_zn, gru_backward_r, kChunkElements};
+LstmStepKernels lstm_cpu() { return {lstm_forward, lstm_backward, g_cpu_conv_chunk_elements.load()}; }
+GruStepKernels gru_cpu() {
+  return {gru_forward_zr, gru_forward_n, gru_backward_zn, gru_backward_r, g_cpu_conv_chunk_elements.load()};
+}
 
 std::tuple<Tensor, Tensor, Tensor> convlstm_forward_cpu(const Tensor& x, const Tensor& weight,
                                                         const std::optional<Tensor>& bias, const Tensor& h0,
                                                         const Tensor& c0) {
-  return convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/true, kLstmCpu);
+  return convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/true, lstm_cpu());
 }
 
 std::tuple<Tensor, Tensor> convlstm_inference_cpu(const Tensor& x, const Tensor& weight,
                                                   const std::optional<Tensor>& bias, const Tensor& h0,
                                                   const Tensor& c0) {
-  auto [h, c, gates] = convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/false, kLstmCpu);
+  auto [h, c, gates] = convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/false, lstm_cpu());
   return {h, c};
 }
 
@@ -137,24 +138,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> convlstm_backward_cpu(const T
                                                                          const Tensor& h0, const Tensor& c0,
                                                                          const Tensor& h, const Tensor& c,
                                                                          const Tensor& gates) {
-  return convlstm_backward_impl(grad_h, grad_c, x, weight, h0, c0, h, c, gates, kLstmCpu);
+  return convlstm_backward_impl(grad_h, grad_c, x, weight, h0, c0, h, c, gates, lstm_cpu());
 }
 
 std::tuple<Tensor, Tensor> convgru_forward_cpu(const Tensor& x, const Tensor& weight_x,
                                                const std::optional<Tensor>& bias_x, const Tensor& weight_h,
                                                const std::optional<Tensor>& bias_h, const Tensor& h0) {
-  return convgru_forward_impl(x, weight_x, bias_x, weight_h, bias_h, h0, /*save_gates=*/true, kGruCpu);
+  return convgru_forward_impl(x, weight_x, bias_x, weight_h, bias_h, h0, /*save_gates=*/true, gru_cpu());
 }
 
 Tensor convgru_inference_cpu(const Tensor& x, const Tensor& weight_x, const std::optional<Tensor>& bias_x,
                              const Tensor& weight_h, const std::optional<Tensor>& bias_h, const Tensor& h0) {
-  return std::get<0>(convgru_forward_impl(x, weight_x, bias_x, weight_h, bias_h, h0, /*save_gates=*/false, kGruCpu));
+  return std::get<0>(convgru_forward_impl(x, weight_x, bias_x, weight_h, bias_h, h0, /*save_gates=*/false, gru_cpu()));
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> convgru_backward_cpu(
     const Tensor& grad_h, const Tensor& x, const Tensor& weight_x, const Tensor& weight_h, const Tensor& h0,
     const Tensor& h, const Tensor& gates) {
-  return convgru_backward_impl(grad_h, x, weight_x, weight_h, h0, h, gates, kGruCpu);
+  return convgru_backward_impl(grad_h, x, weight_x, weight_h, h0, h, gates, gru_cpu());
 }
 
 }  // namespace

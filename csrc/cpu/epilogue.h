@@ -15,6 +15,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
 #include <ATen/TensorIterator.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -37,8 +38,14 @@ template <typename T>
 inline Vec<T> exp_(const Vec<T>& z) { return z.exp(); }
 inline float tanh_(float z) { return std::tanh(z); }
 inline double tanh_(double z) { return std::tanh(z); }
-template <typename T>
-inline Vec<T> tanh_(const Vec<T>& z) { return z.tanh(); }
+// SLEEF's float tanh costs about three of its exps, and every cell's epilogue is dominated by its activations:
+// 1 - 2 / (e^2z + 1) is within a few float ulps of it (absolute error, where it matters: near 0) and keeps NaN,
+// +-inf and overflow (e^2z = inf gives 1) right. double keeps SLEEF's tanh, for the 1e-10 comparisons.
+inline Vec<float> tanh_(const Vec<float>& z) {
+  const Vec<float> one(1.0f);
+  return one - Vec<float>(2.0f) / ((z + z).exp() + one);
+}
+inline Vec<double> tanh_(const Vec<double>& z) { return z.tanh(); }
 template <typename T>
 inline T relu_(T z) { return z > T(0) ? z : T(0); }
 template <typename T>
@@ -90,24 +97,44 @@ inline bool inner_contiguous(const Tensor& t) {
   return t.dim() == 4 && t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == t.size(2) * t.size(3);
 }
 
-// Runs loop(row, n) over every element of `operands` (all (B, C, H, W), outputs first). Small steps run as one
-// row per batch entry right here: they would not be split over threads anyway, and building a TensorIterator
-// costs more than the step. Larger ones go through TensorIterator::for_each, which runs in parallel on ATen's
-// own thread pool (for_each lives in libtorch, so this file needs no OpenMP of its own).
+// True for one value expanded to the whole shape (an output gradient autograd left out, given as a broadcast zero).
+inline bool broadcast_scalar(const Tensor& t) {
+  return t.dim() == 4 && t.stride(0) == 0 && t.stride(1) == 0 && t.stride(2) == 0 && t.stride(3) == 0;
+}
+
+// Runs loop(row, n) over every element of `operands` (all (B, C, H, W), outputs first). When every operand's
+// per-batch (C, H, W) block is contiguous (every step buffer; the output gradients mostly), the step is cut into
+// pieces of kPieceElements within a batch entry, run on ATen's thread pool once the step has kParallelElements:
+// the epilogues evaluate a few exps per element, so threads pay off far below ATen's GRAIN_SIZE (32768, tuned for
+// one add), and a step of one small image still uses every core. Any other layout goes through
+// TensorIterator::for_each (for_each lives in libtorch, so this file needs no OpenMP of its own).
+constexpr int64_t kPieceElements = 2048;  // a multiple of every SIMD width
+constexpr int64_t kParallelElements = 4096;
+
 template <typename scalar_t, int N, typename F>
 void for_each_row(const std::array<Tensor, N>& operands, int num_outputs, F loop) {
   const Tensor& like = operands[0];
-  const bool small = like.numel() < at::internal::GRAIN_SIZE;
-  if (small && std::all_of(operands.begin(), operands.end(), inner_contiguous)) {
-    int64_t unit[N];
-    std::fill_n(unit, N, int64_t(sizeof(scalar_t)));
-    const int64_t inner = like.size(1) * like.size(2) * like.size(3);
-    for (int64_t b = 0; b < like.size(0); ++b) {
-      char* data[N];
-      for (int i = 0; i < N; ++i) {
-        data[i] = static_cast<char*>(operands[i].data_ptr()) + b * operands[i].stride(0) * int64_t(sizeof(scalar_t));
+  if (std::all_of(operands.begin(), operands.end(),
+                  [](const Tensor& t) { return inner_contiguous(t) || broadcast_scalar(t); })) {
+    const int64_t B = like.size(0), inner = like.size(1) * like.size(2) * like.size(3);
+    const int64_t pieces = std::max<int64_t>(1, (inner + kPieceElements - 1) / kPieceElements);
+    int64_t unit[N];  // bytes per element along a row: 0 for a broadcast value
+    for (int i = 0; i < N; ++i) unit[i] = broadcast_scalar(operands[i]) ? 0 : int64_t(sizeof(scalar_t));
+    const auto run = [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / pieces, j0 = (task % pieces) * kPieceElements;
+        char* data[N];
+        for (int i = 0; i < N; ++i) {
+          data[i] = static_cast<char*>(operands[i].data_ptr()) +
+                    b * operands[i].stride(0) * int64_t(sizeof(scalar_t)) + j0 * unit[i];
+        }
+        loop(Row<N>(data, unit), std::min(kPieceElements, inner - j0));
       }
-      loop(Row<N>(data, unit), inner);
+    };
+    if (like.numel() < kParallelElements) {
+      run(0, B * pieces);
+    } else {
+      at::parallel_for(0, B * pieces, 1, run);
     }
     return;
   }
