@@ -61,6 +61,10 @@ def register_convlstm_autograd(forward_op: str, backward_op: Callable) -> None:
     def setup_context(ctx, inputs, output):
         x, weight, bias, h0, c0 = inputs
         h, c, gates = output
+        # The gates are saved for backward only, and unused outputs must reach backward as None rather than as
+        # zero buffers the size of the activations (as the CBM op: see _op_autograd).
+        ctx.mark_non_differentiable(gates)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight, h0, c0, h, c, gates)
         ctx.has_bias = bias is not None
 
@@ -81,6 +85,8 @@ def register_convgru_autograd(forward_op: str, backward_op: Callable) -> None:
     def setup_context(ctx, inputs, output):
         x, weight_x, bias_x, weight_h, bias_h, h0 = inputs
         h, gates = output
+        ctx.mark_non_differentiable(gates)
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight_x, weight_h, h0, h, gates)
         ctx.has_bias = (bias_x is not None, bias_h is not None)
 

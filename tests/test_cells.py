@@ -224,6 +224,41 @@ def test_without_autograd_the_inference_op_runs_and_agrees(cell, mode):
         assert torch.equal(a, b.detach())
 
 
+class BackwardArgs(TorchDispatchMode):
+    """Keeps the arguments of the deeprnn:: backward ops dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "deeprnn" and func._opname.endswith("_backward"):
+            self.calls[func._opname] = args
+        return func(*args, **(kwargs or {}))
+
+
+@needs_native
+def test_unused_outputs_reach_backward_as_broadcast_zeros():
+    """A loss on h only leaves the cell-state sequence without gradient: the backward op gets a broadcast zero
+    (all strides 0), not a zero buffer the size of the activations."""
+    inputs = _inputs("convlstm")
+    with BackwardArgs() as spy:
+        outputs("convlstm", layer("convlstm")(**inputs, backend="native"))[0].sum().backward()
+    grad_c = spy.calls["convlstm_backward"][1]
+    assert grad_c.stride() == (0,) * 5, grad_c.stride()
+
+
+@needs_native
+@pytest.mark.parametrize("cell", CELLS)
+def test_gates_are_not_differentiable(cell):
+    """The forward ops return their gates only for their backward: no gradient may flow into them (it would be
+    dropped silently), so autograd neither tracks them nor builds zero gradients for them."""
+    inputs = _inputs(cell)
+    args = [inputs[k] for k in inputs]
+    gates = (torch.ops.deeprnn.convlstm_forward if cell == "convlstm" else torch.ops.deeprnn.convgru_forward)(*args)[-1]
+    assert not gates.requires_grad
+
+
 # ----------------------------------------------------------------------------- the ops as torch.library ops
 
 
