@@ -121,16 +121,16 @@ def loop_module(cell: str, shape: Shape) -> nn.Module:
     return (ConvLSTMLoop if cell == "convlstm" else ConvGRULoop)(shape.C_in, shape.C, shape.k)
 
 
-def native_twin(cell: str, loop: nn.Module, shape: Shape) -> nn.Module:
-    """The native module computing what ``loop`` computes, with its weights."""
+def native_twin(cell: str, loop: nn.Module, shape: Shape, backend: str = "native") -> nn.Module:
+    """The module (on ``backend``) computing what ``loop`` computes, with its weights."""
     if cell == "cbm":
-        return CBM.from_authors_state_dict(loop.state_dict(), backend="native")
+        return CBM.from_authors_state_dict(loop.state_dict(), backend=backend)
     dtype = next(loop.parameters()).dtype
     if cell == "convlstm":
-        model = ConvLSTM(shape.C_in, shape.C, shape.k, backend="native").to(dtype=dtype)
+        model = ConvLSTM(shape.C_in, shape.C, shape.k, backend=backend).to(dtype=dtype)
         model.layers[0].load_state_dict(loop.conv.state_dict())
         return model
-    model = ConvGRU(shape.C_in, shape.C, shape.k, backend="native").to(dtype=dtype)
+    model = ConvGRU(shape.C_in, shape.C, shape.k, backend=backend).to(dtype=dtype)
     p = model.layers[0]
     with torch.no_grad():
         p.weight_x.copy_(loop.conv_x.weight)
@@ -140,10 +140,11 @@ def native_twin(cell: str, loop: nn.Module, shape: Shape) -> nn.Module:
     return model
 
 
-def cell_contenders(cell: str, shape: Shape, dtype: torch.dtype = torch.float32,
-                    device: str = "cpu") -> Dict[str, Callable]:
+def cell_contenders(cell: str, shape: Shape, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                    with_reference: bool = False) -> Dict[str, Callable]:
     """Name -> (train: bool) -> callable: one forward (inference under no_grad) or forward + backward of one
-    ``cell`` layer, the per-step loop and (when built for the device and dtype) the native module."""
+    ``cell`` layer, the per-step loop and (when built for the device and dtype) the native module; with
+    ``with_reference`` also the module on the ``reference`` backend (the memory table's yardstick)."""
     torch.manual_seed(0)
     loop = loop_module(cell, shape).to(device=device, dtype=dtype)
     x_tbc = torch.randn(shape.T, shape.B, shape.C_in, shape.H, shape.W, device=device, dtype=dtype)
@@ -161,6 +162,8 @@ def cell_contenders(cell: str, shape: Shape, dtype: torch.dtype = torch.float32,
         return run
 
     fns = {LOOP: runner(loop, x_loop)}
+    if with_reference:
+        fns["reference"] = runner(native_twin(cell, loop, shape, backend="reference"), x_tbc)
     if _native.is_available() and _native.supports(x_tbc):
         fns["native"] = runner(native_twin(cell, loop, shape), x_tbc)
     return fns

@@ -1,4 +1,4 @@
-"""Peak CPU memory of one training step (forward + backward) per contender: ``python -m benchmarks.memory``.
+"""Peak CPU memory of one training step (forward + backward) per cell and contender: ``python -m benchmarks.memory``.
 
 The peak is the largest total of bytes allocated through PyTorch's CPU allocator and not yet freed during the
 step, from the allocation and free events the profiler records with ``profile_memory=True``. Memory held before
@@ -15,7 +15,7 @@ import torch
 from torch._C._autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.cases import CPU_SHAPES, Shape, contenders
+from benchmarks.cases import BENCH_CELLS, CPU_SHAPES, Shape, cell_contenders, contenders
 
 
 def peak_bytes(fn: Callable[[], None]) -> int:
@@ -33,10 +33,13 @@ def peak_bytes(fn: Callable[[], None]) -> int:
     return peak
 
 
-def training_step_peaks(shape: Shape) -> Dict[str, int]:
-    """Contender name -> peak bytes of one float32 forward + backward (after one warm-up step)."""
+def training_step_peaks(shape: Shape, cell: str = "cbm") -> Dict[str, int]:
+    """Contender name -> peak bytes of one float32 forward + backward (after one warm-up step) of one ``cell``
+    layer: for CBM the authors' formulation, the reference and native ops; for ConvLSTM and ConvGRU the per-step
+    ``nn.Conv2d`` loop, the reference and native modules."""
+    fns = contenders(shape) if cell == "cbm" else cell_contenders(cell, shape, with_reference=True)
     peaks = {}
-    for name, fn in contenders(shape).items():
+    for name, fn in fns.items():
         fn(True)  # warm-up: allocates the .grad buffers, initialises oneDNN
         peaks[name] = peak_bytes(lambda: fn(True))
     return peaks
@@ -46,12 +49,14 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__).parse_args()
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, float32, peak bytes of one fwd+bwd step via the CPU allocator")
-    print("| shape | contender | peak MiB | vs reference |")
-    print("|---|---|---:|---:|")
-    for shape in CPU_SHAPES:
-        peaks = training_step_peaks(shape)
-        for name, peak in peaks.items():
-            print(f"| {shape} | {name} | {peak / 2**20:.2f} | {peak / peaks['reference']:.2f}x |")
+    print("| shape | cell | contender | peak MiB | vs reference |")
+    print("|---|---|---|---:|---:|")
+    for cell in BENCH_CELLS:
+        for shape in CPU_SHAPES:
+            peaks = training_step_peaks(shape, cell)
+            for name, peak in peaks.items():
+                print(f"| {shape} | {cell} | {name} | {peak / 2**20:.2f} | {peak / peaks['reference']:.2f}x |",
+                      flush=True)
 
 
 if __name__ == "__main__":
