@@ -3,7 +3,9 @@
 Like ``torch.backends.cudnn.benchmark``: the first call with a new :class:`Key` (device, dtype, sizes,
 options, whether gradients are needed, float32 precision flags) times every candidate on that call's own
 inputs and caches the fastest; every later call with the key goes straight to it. Only calls with more than
-one candidate come here (CUDA tensors that both the native and the Triton backend support).
+one candidate come here (CUDA tensors that both the native and the Triton backend support). The ConvLSTM and
+ConvGRU layers do the same through :func:`cell_layer_auto` (key :class:`CellKey`; their layers are timed
+whole: forward, plus backward through autograd when the call needs gradients).
 
 What is timed: each candidate's forward op, plus its backward op (output gradients all ones) when the call
 needs gradients, called directly on detached inputs under ``torch.no_grad`` with the RNG state saved and
@@ -21,7 +23,7 @@ import contextlib
 import os
 import statistics
 import warnings
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -61,6 +63,17 @@ class Key(NamedTuple):
     tf32: Optional[Tuple[bool, bool]]  # (cudnn.allow_tf32, cuda.matmul.allow_tf32) for float32, else None
 
 
+class CellKey(NamedTuple):
+    """What a cached choice for a ConvLSTM or ConvGRU layer depends on."""
+
+    cell: str
+    device: int
+    dtype: torch.dtype
+    shapes: Tuple[Optional[Tuple[int, ...]], ...]  # every argument's shape, None where absent (a bias)
+    grad: bool
+    tf32: Optional[Tuple[bool, bool]]
+
+
 class Entry(NamedTuple):
     """A cached choice: the winner and the measured milliseconds of each candidate that ran."""
 
@@ -70,7 +83,7 @@ class Entry(NamedTuple):
 
 _OFF_VALUES = ("0", "false", "off", "no")
 _enabled = os.environ.get("DEEPRNN_AUTOTUNE", "1").strip().lower() not in _OFF_VALUES
-_cache: Dict[Key, Entry] = {}
+_cache: Dict[Union[Key, CellKey], Entry] = {}
 
 
 def enabled() -> bool:
@@ -86,8 +99,8 @@ def set_enabled(value: bool) -> None:
     _enabled = value
 
 
-def cache() -> Dict[Key, Entry]:
-    """A copy of the cached choices: ``{Key: Entry(backend, times_ms)}``."""
+def cache() -> Dict[Union[Key, CellKey], Entry]:
+    """A copy of the cached choices: ``{Key or CellKey: Entry(backend, times_ms)}``."""
     return {key: Entry(e.backend, dict(e.times_ms)) for key, e in _cache.items()}
 
 
@@ -111,12 +124,16 @@ def time_ms(fn: Callable[[], object]) -> float:
     return statistics.median(times)
 
 
+def _tf32_flags(x: torch.Tensor) -> Optional[Tuple[bool, bool]]:
+    if x.dtype != torch.float32:
+        return None
+    return (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+
+
 def make_key(x, weight_r, bias_r, weight_t, bias_t, td_mask, act_r, act_t, merge, grad: bool) -> Key:
     """The cache key of one call (arguments already validated)."""
     T, B, C_in, H, W = x.shape
-    tf32 = None
-    if x.dtype == torch.float32:
-        tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    tf32 = _tf32_flags(x)
     return Key(
         device=x.device.index if x.device.index is not None else -1,
         dtype=x.dtype,
@@ -220,3 +237,72 @@ def cbm_layer_auto(
     cand = choose(candidates, x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge)
     return cand.layer(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask=td_mask, act_r=act_r, act_t=act_t,
                       merge=merge)
+
+
+def make_cell_key(cell: str, args: Sequence[Optional[torch.Tensor]], grad: bool) -> CellKey:
+    """The cache key of one ConvLSTM / ConvGRU call; ``args`` are the layer's tensors, ``x`` first."""
+    x = args[0]
+    return CellKey(
+        cell=cell,
+        device=x.device.index if x.device.index is not None else -1,
+        dtype=x.dtype,
+        shapes=tuple(None if t is None else tuple(t.shape) for t in args),
+        grad=grad,
+        tf32=_tf32_flags(x),
+    )
+
+
+def _measure_layers(candidates: Sequence[Tuple[str, Callable]], args: Sequence[Optional[torch.Tensor]],
+                    grad: bool) -> Dict[str, float]:
+    """Milliseconds per candidate layer on detached copies of ``args`` (forward, plus backward with all-ones
+    output gradients when ``grad``); a candidate that raises is left out, with a warning."""
+    x = args[0]
+    device = x.device if x.is_cuda else None
+    times: Dict[str, float] = {}
+    with torch.random.fork_rng(devices=[device.index] if device else []), \
+            (torch.cuda.device(device) if device else contextlib.nullcontext()):
+        # Leaves of their own: the caller's tensors and graph are never touched.
+        leaves = tuple(None if t is None else t.detach().requires_grad_(grad and t.requires_grad) for t in args)
+        for name, layer in candidates:
+            def step(layer: Callable = layer) -> None:
+                with torch.set_grad_enabled(grad):
+                    outs = layer(*leaves)
+                    if grad:
+                        outs = (outs,) if isinstance(outs, torch.Tensor) else tuple(outs)
+                        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+            try:
+                times[name] = float(time_ms(step))
+            except Exception as e:  # a candidate that fails here must not make auto fail
+                warnings.warn(f"deeprnn_cuda autotune: backend {name!r} failed on this shape and is skipped "
+                              f"({type(e).__name__}: {e})", stacklevel=2)
+    return times
+
+
+def choose_layer(cell: str, candidates: Sequence[Tuple[str, Callable]],
+                 args: Sequence[Optional[torch.Tensor]]) -> Callable:
+    """The ``cell`` layer for this call among ``(name, layer)`` candidates: cached, else measured when allowed
+    (and cached), else the first one."""
+    if len(candidates) < 2 or not _enabled:
+        return candidates[0][1]
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
+    key = make_cell_key(cell, args, grad)
+    by_name = dict(candidates)
+    entry = _cache.get(key)
+    if entry is not None and entry.backend in by_name:
+        return by_name[entry.backend]
+    if not _can_measure(args[0]):
+        return candidates[0][1]
+    times = _measure_layers(candidates, args, grad)
+    if not times:  # every candidate failed: the call itself will raise the first one's error
+        return candidates[0][1]
+    best = min(times, key=times.__getitem__)
+    _cache[key] = Entry(best, times)
+    return by_name[best]
+
+
+def cell_layer_auto(cell: str, candidates: Sequence[Tuple[str, Callable]],
+                    *args: Optional[torch.Tensor]):
+    """The ``cell`` layer (positional arguments of its ``*_layer_ref``, states materialized) on the candidate
+    :func:`choose_layer` picks, through its normal (autograd) path."""
+    return choose_layer(cell, candidates, args)(*args)

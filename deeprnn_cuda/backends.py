@@ -177,13 +177,26 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Callable:
     return cbm_layer_ref
 
 
+def cell_auto_candidates(cell: str, x: torch.Tensor) -> List[Tuple[str, Callable]]:
+    """``(name, layer)`` of the compiled backends that run ``cell`` on ``x``, in static preference order:
+    native, then Triton (CUDA only, as :func:`auto_candidates`)."""
+    found = []
+    native = _native()
+    if native.is_available() and native.supports(x):
+        found.append(("native", getattr(native, f"{cell}_layer_native")))
+    triton_backend = _triton()
+    if x.is_cuda and triton_backend.is_available() and triton_backend.cell_supports(x):
+        found.append(("triton", getattr(triton_backend, f"{cell}_layer_triton")))
+    return found
+
+
 def resolve_cell_backend(cell: str, backend: str, x: torch.Tensor) -> Callable:
     """Return the implementation of ``cell`` (``"convlstm"`` or ``"convgru"``) for ``backend`` on ``x``.
 
-    ``"auto"``: the native backend when it runs ``x``, else on CUDA the Triton backend, else the reference
-    (warning once per cell); no per-shape measurement between them yet (CBM's :mod:`.autotune`). ``"triton"``: the
-    Triton backend's ``<cell>_layer_triton``. An explicitly named backend that cannot run here raises
-    ``RuntimeError`` saying why. (CBM: :func:`resolve_backend`.)
+    ``"auto"``: with several compiled candidates (CUDA: native and Triton), the one :mod:`deeprnn_cuda.autotune`
+    measures fastest for each call's shape; with one, that one; with none, the reference (warning once per
+    cell). ``"triton"``: the Triton backend's ``<cell>_layer_triton``. An explicitly named backend that cannot
+    run here raises ``RuntimeError`` saying why. (CBM: :func:`resolve_backend`.)
     """
     check_choice("cell", cell, CELLS[1:])
     check_choice("backend", backend, BACKENDS)
@@ -205,10 +218,11 @@ def resolve_cell_backend(cell: str, backend: str, x: torch.Tensor) -> Callable:
             hint = " (Triton runs CUDA tensors; on the CPU only under TRITON_INTERPRET=1)" if not x.is_cuda else ""
             raise RuntimeError(f"backend='triton' does not support {x.dtype} tensors on {x.device.type}{hint}")
         return getattr(triton_backend, f"{cell}_layer_triton")
-    if native.is_available() and native.supports(x):
-        return getattr(native, f"{cell}_layer_native")
-    if x.is_cuda and triton_backend.is_available() and triton_backend.cell_supports(x):
-        return getattr(triton_backend, f"{cell}_layer_triton")
+    candidates = cell_auto_candidates(cell, x)
+    if len(candidates) > 1:
+        return functools.partial(autotune.cell_layer_auto, cell, candidates)
+    if candidates:
+        return candidates[0][1]
     if cell not in _warned_cells:
         _warned_cells.add(cell)
         warnings.warn(

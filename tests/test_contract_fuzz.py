@@ -1,30 +1,33 @@
-"""Property-based tests of the op contract (hypothesis) of all three cells (CBM, ConvLSTM, ConvGRU), on every
+"""Property-based tests of the op contract (hypothesis) of all three cells, CBM, ConvLSTM and ConvGRU, on every
 backend this machine has.
 
 Random sizes (0 and 1 included, kernels larger than the image), every act/merge/Temporal Dropout option (CBM),
 initial states and biases given or not, every dtype a backend takes, contiguous, non-contiguous, channels_last
 and expanded (stride 0) tensors, and now and then one mistake (a wrong rank, channel count, kernel, dtype or
-device). Each call must either match the float64 reference (values and gradients, DESIGN.md section 5
-tolerances) or raise a ``ValueError`` that names the argument; an empty sequence, batch or image gives empty
-outputs and zero gradients; the process never dies. The compiled ops are also called directly
-(``torch.ops.deeprnn*``: forward, backward and, for the cells, inference ops; bad arguments must be a ValueError,
-not a crash) and through ``torch.compile``.
+device); besides, every kind of mistake in every argument it applies to. Each call must either match the
+float64 reference (values and gradients, DESIGN.md section 5 tolerances) or raise a ``ValueError`` that names
+the argument; an empty sequence, batch or image gives empty outputs and zero gradients; the process never dies.
+The compiled ops are also called directly (``torch.ops.deeprnn*``: forward, backward and, for ConvLSTM/ConvGRU,
+inference ops; bad arguments must be a ValueError, not a crash) and through ``torch.compile``.
 
 The examples are bounded and derandomized: the same ones run every time (``DEEPRNN_FUZZ_SCALE=10`` runs ten
 times as many). Each test prints how many examples ran for its cell on its backend and how they ended (a
-reference match, an empty result, a ValueError). OPS is the extension point: one :class:`OpSpec` per cell.
-The CUDA entries are written for a GPU and skipped without one; they have never run.
+reference match, an empty result, a ValueError; ``DEEPRNN_FUZZ_DETAIL=1``: which mistake, in which argument).
+OPS is the extension point: one :class:`OpSpec` per cell. The CUDA entries are written for a GPU and skipped
+without one; they have never run.
 
-Known defects the fuzz steps around (KNOWN_DEFECTS; each is pinned by a strict xfail test at the end, which
-starts passing, and so fails, once it is fixed: then drop the carve-out): the cells accept zero input channels
-(so ConvLSTM/ConvGRU draws never have C_in = 0), their native fake kernels do not validate (so the native direct
-cell fuzz draws no device mistake) and their Triton ops validate nothing (so they get no direct fuzz).
+Known defects the fuzz steps around (KNOWN_DEFECTS), each pinned by a strict xfail test at the end that starts
+passing, and so failing, once it is fixed (then drop the carve-out too): the ConvLSTM/ConvGRU ops accept zero
+input channels (so their draws never have C_in = 0), their native fake kernels validate nothing (so the native
+direct fuzz of those cells on the CPU draws no device mistake) and neither do their Triton ops (so those get no
+direct fuzz).
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import os
+import random
 import re
 import subprocess
 import sys
@@ -42,10 +45,11 @@ from deeprnn_cuda import _native, cbm_layer, convgru_layer, convgru_layer_ref, c
 from deeprnn_cuda import triton as triton_backend
 from deeprnn_cuda._checks import ACT_R_CODES, ACT_T_CODES, MERGE_CODES
 from deeprnn_cuda.reference import cbm_layer_ref
-from helpers import assert_close_rel
+from helpers import TOLERANCES, assert_close_rel, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = float(os.environ.get("DEEPRNN_FUZZ_SCALE", "1"))
+DETAIL = os.environ.get("DEEPRNN_FUZZ_DETAIL", "") == "1"  # report each mistake's kind and argument
 RAN: Dict[Tuple[str, str], collections.Counter] = collections.defaultdict(collections.Counter)
 
 
@@ -56,14 +60,14 @@ def fuzz_settings(examples: int) -> settings:
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], print_blob=True)
 
 
-def _report(capsys, test: str, backend: "Backend", spec: "OpSpec") -> None:
-    """Print, past pytest's capture, how many examples this test ran for ``spec`` on ``backend`` and how they
-    ended (and forget them: the next cell's test records under the same key)."""
+def _report(capsys, test: str, backend: "Backend", spec: "OpSpec", unit: str = "examples") -> None:
+    """Print, past pytest's capture, how many examples (or calls) this test ran for ``spec`` on ``backend`` and
+    how they ended (and forget them: the next cell's test records under the same key)."""
     outcomes = RAN.pop((test, f"{backend.name}-{backend.device}"), collections.Counter())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
     with capsys.disabled():
         print(f"\ncontract fuzz {test}[{spec.name}-{backend.name}-{backend.device}]: {sum(outcomes.values())} "
-              f"examples ({detail})")
+              f"{unit} ({detail})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -99,6 +103,8 @@ class Call:
     # unless the cell's draw says otherwise).
     channel_dims: Dict[str, int] = field(default_factory=lambda: dict(CBM_CHANNEL_DIMS))
     kernel_args: Tuple[str, ...] = ("weight_r", "weight_t")
+    picker: Optional["Picker"] = None  # where the call's later choices come from (None: hypothesis, as CBM's)
+    spares: Dict[str, torch.Tensor] = field(default_factory=dict)  # valid values of the absent optional tensors
 
 
 def _values(shape, gen: torch.Generator, scale: float) -> torch.Tensor:
@@ -166,16 +172,17 @@ class OpSpec:
     ``direct_expected_error`` the same for the compiled ops called directly (default: ``expected_error``).
     ``output_shape(sizes)`` is every output's shape.
 
-    Direct calls: ``direct_ops`` maps a backend to its ``torch.ops`` namespace (a backend missing there is skipped
-    with ``no_direct_ops``, why); ``direct(namespace, call)`` calls its forward op (the initial states made zeros
-    where the call has none), which returns the ``outputs`` public outputs, then what backward needs;
-    ``direct_backward(namespace, call, saved)`` its backward op (``states(tensors)``: the initial states the direct
-    calls pass), ``saved`` holding the cotangents named
-    ``cotangent_names`` and the forward op's results named ``forward_names``; it returns the gradients of
-    ``grad_order`` (None entries: arguments the call leaves out). ``spoilable`` are the backward op's inputs a
-    mistake may be put in; ``option_codes`` the integer options of the direct ops (each refused when out of
-    range); ``direct_inference(namespace, call)``, where there is an inference op, calls it. ``direct_gaps`` maps
-    a backend to the kinds of mistake its direct ops do not refuse yet (KNOWN_DEFECTS): those are not drawn.
+    Direct calls: ``direct_ops`` maps a backend to its ``torch.ops`` namespace (a backend missing there is skipped,
+    ``no_direct_ops`` saying why). ``direct(namespace, call)`` calls the forward op, passing ``states(tensors)``
+    (each initial state, zeros where the call has none: the ops take no default), and returns its results: the
+    ``outputs`` public outputs, then what backward needs, named ``forward_names`` all together.
+    ``direct_backward(namespace, call, saved)`` calls the backward op, ``saved`` holding the cotangents named
+    ``cotangent_names`` and the forward results; it returns the gradients of ``grad_order`` (a bias the call leaves
+    out gets one too, not compared). ``spoilable`` are the backward op's inputs a mistake may be put in;
+    ``option_codes`` the integer options of the direct ops (each refused when out of range);
+    ``direct_inference(namespace, call)``, where there is an inference op, calls it (returning the outputs).
+    ``direct_gaps`` maps a backend (``"native-cpu"``) to the kinds of mistake its direct ops do not refuse yet
+    (KNOWN_DEFECTS): those are not drawn.
     """
 
     name: str
@@ -311,35 +318,66 @@ KNOWN_DEFECTS = {
         "x runs (reading out of bounds), and an empty image or zero hidden channels raises a RuntimeError from "
         "conv2d instead of giving empty outputs"),
 }
-CELL_DIRECT_GAPS = {"native": ("device",)}  # KNOWN_DEFECTS["native_cell_fakes_do_not_validate"]
+#: the meta device reaches the unvalidating fakes (on CUDA the other device is the CPU, which the kernels check)
+CELL_DIRECT_GAPS = {"native-cpu": ("device",)}  # KNOWN_DEFECTS["native_cell_fakes_do_not_validate"]
 NO_TRITON_CELL_DIRECT = "the Triton cell ops validate nothing: KNOWN_DEFECTS['triton_cell_ops_do_not_validate']"
 
 
-def nonzero_size(hi: int) -> st.SearchStrategy[int]:
-    """1..hi: the cells' C_in (KNOWN_DEFECTS["cells_zero_in_channels"]; make it ``size(hi)`` once fixed)."""
-    return st.sampled_from([*range(1, hi + 1), *range(1, hi + 1)])
+class Picker:
+    """Every choice of one ConvLSTM / ConvGRU example, uniform and reproducible from one seed hypothesis draws.
+
+    Hypothesis's own ``data.draw(st.sampled_from(...))`` choices cluster: in 150 derandomized examples, a 1-in-5
+    branch drawn with ``rarely()`` was taken 9 times, then drawing 3 of the 36 (kind, argument) pairs; CBM's
+    native public fuzz draws 11 mistakes, all a device of c0 or a dtype of td_mask. Choices made here are
+    uniform: the cells' examples cover every kind of mistake and every argument. A size is 0 one time in
+    ZERO_EVERY.
+    """
+
+    ZERO_EVERY = 16
+
+    def __init__(self, data) -> None:
+        self.rnd = random.Random(data.draw(st.integers(0, 2**32 - 1)))
+
+    def choice(self, options):
+        return self.rnd.choice(list(options))
+
+    def size(self, hi: int, zero: bool = True) -> int:
+        return 0 if zero and self.rnd.randrange(self.ZERO_EVERY) == 0 else self.rnd.randint(1, hi)
+
+    def rarely(self) -> bool:
+        """True one time in five (as :func:`rarely`)."""
+        return self.rnd.randrange(5) == 0
+
+    def seed(self) -> int:
+        return self.rnd.randrange(2**31)
 
 
-def _draw_tensors(data, shapes, required, dtype, device, gen) -> Dict[str, Optional[torch.Tensor]]:
-    """Each of ``shapes`` (name -> (shape, scale)) laid out at random, the optional ones present or not."""
+def _draw_tensors(pick: Picker, shapes, required, dtype, device):
+    """Each of ``shapes`` (name -> (shape, scale)) laid out at random, the optional ones present or not; returns
+    the tensors (None where absent) and the absent ones' values (for mistakes in them)."""
+    gen = torch.Generator().manual_seed(pick.seed())
     tensors: Dict[str, Optional[torch.Tensor]] = {}
+    spares: Dict[str, torch.Tensor] = {}
     for name, (shape, scale) in shapes.items():
-        present = name in required or data.draw(st.booleans())
-        layout = data.draw(st.sampled_from(LAYOUTS))
-        tensors[name] = _lay_out(_values(shape, gen, scale), layout, dtype, device) if present else None
-    return tensors
+        present = name in required or pick.choice([True, False])
+        t = _lay_out(_values(shape, gen, scale), pick.choice(LAYOUTS), dtype, device)
+        tensors[name] = t if present else None
+        if not present:
+            spares[name] = t
+    return tensors, spares
 
 
-def _cell_sizes(data) -> Dict[str, int]:
-    return dict(T=data.draw(size(3)), B=data.draw(size(2)), C_in=data.draw(nonzero_size(3)), C=data.draw(size(3)),
-                H=data.draw(size(4)), W=data.draw(size(4)))
+def _cell_sizes(pick: Picker) -> Dict[str, int]:
+    # C_in never 0 while KNOWN_DEFECTS["cells_zero_in_channels"] stands (zero=True once it is fixed)
+    return dict(T=pick.size(3), B=pick.size(2), C_in=pick.size(3, zero=False), C=pick.size(3), H=pick.size(4),
+                W=pick.size(4))
 
 
 def draw_convlstm(data, dtypes, device: str) -> Call:
-    s = _cell_sizes(data)
-    k = data.draw(st.sampled_from([3, 1, 5]))  # 5 > most images
-    dtype = data.draw(st.sampled_from(dtypes))
-    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    pick = Picker(data)
+    s = _cell_sizes(pick)
+    k = pick.choice([1, 3, 5])  # 5 > most images
+    dtype = pick.choice(dtypes)
     T, B, C_in, C, H, W = (s[n] for n in ("T", "B", "C_in", "C", "H", "W"))
     shapes = {
         "x": ((T, B, C_in, H, W), 1.0),
@@ -348,17 +386,18 @@ def draw_convlstm(data, dtypes, device: str) -> Call:
         "h0": ((B, C, H, W), 0.5),
         "c0": ((B, C, H, W), 0.5),
     }
-    tensors = _draw_tensors(data, shapes, ("x", "weight"), dtype, device, gen)
+    tensors, spares = _draw_tensors(pick, shapes, ("x", "weight"), dtype, device)
     return Call(sizes=s, tensors=tensors, options={}, dtype=dtype,
                 grad_inputs=[n for n, v in tensors.items() if v is not None],
-                channel_dims={"weight": 1, "bias": 0, "h0": 1, "c0": 1}, kernel_args=("weight",))
+                channel_dims={"weight": 1, "bias": 0, "h0": 1, "c0": 1}, kernel_args=("weight",), picker=pick,
+                spares=spares)
 
 
 def draw_convgru(data, dtypes, device: str) -> Call:
-    s = _cell_sizes(data)
-    k_x, k_h = data.draw(st.sampled_from([3, 1, 5])), data.draw(st.sampled_from([3, 1, 5]))
-    dtype = data.draw(st.sampled_from(dtypes))
-    gen = torch.Generator().manual_seed(data.draw(st.integers(0, 2**31 - 1)))
+    pick = Picker(data)
+    s = _cell_sizes(pick)
+    k_x, k_h = pick.choice([1, 3, 5]), pick.choice([1, 3, 5])  # the two kernels may differ
+    dtype = pick.choice(dtypes)
     T, B, C_in, C, H, W = (s[n] for n in ("T", "B", "C_in", "C", "H", "W"))
     shapes = {
         "x": ((T, B, C_in, H, W), 1.0),
@@ -368,12 +407,12 @@ def draw_convgru(data, dtypes, device: str) -> Call:
         "bias_h": ((3 * C,), 0.1),
         "h0": ((B, C, H, W), 0.5),
     }
-    tensors = _draw_tensors(data, shapes, ("x", "weight_x", "weight_h"), dtype, device, gen)
+    tensors, spares = _draw_tensors(pick, shapes, ("x", "weight_x", "weight_h"), dtype, device)
     # weight_h's dim 1 is C: one more makes (3C, C + 1), which no C fits
     return Call(sizes=s, tensors=tensors, options={}, dtype=dtype,
                 grad_inputs=[n for n, v in tensors.items() if v is not None],
                 channel_dims={"weight_x": 1, "bias_x": 0, "weight_h": 1, "bias_h": 0, "h0": 1},
-                kernel_args=("weight_x", "weight_h"))
+                kernel_args=("weight_x", "weight_h"), picker=pick, spares=spares)
 
 
 def run_convlstm(call: Call, backend: str, layer: Callable = convlstm_layer) -> Tuple[torch.Tensor, ...]:
@@ -515,7 +554,8 @@ def _backends() -> List[Backend]:
     triton_cpu = "" if interp else "Triton runs CPU tensors only under TRITON_INTERPRET=1"
     triton_cuda = no_gpu or ("" if triton_backend.is_available() and not interp else "Triton not usable on CUDA here")
     return [
-        Backend("reference", "cpu", (torch.float64, torch.float32, torch.bfloat16, torch.float16), 40, 0, ""),
+        Backend("reference", "cpu", (torch.float64, torch.float32, torch.bfloat16, torch.float16), 40, 0, "",
+                cell_examples=(100, 0)),
         Backend("native", "cpu", _native.CPU_DTYPES, 150, 150, native_cpu),
         Backend("triton", "cpu", triton_backend.INTERPRETER_DTYPES, 12, 6, triton_cpu,  # the interpreter is slow
                 cell_dtypes=triton_backend.CELL_INTERPRETER_DTYPES),
@@ -542,12 +582,38 @@ DIRECT_PARAMS = [_param(b) for b in BACKENDS if b.name != "reference"]
 # Checking one call.
 
 def _draw_mistake(data, call: Call, device: str, kinds: Tuple[str, ...] = KINDS_OF_MISTAKE) -> None:
-    """Now and then, spoil one argument (only where the sizes themselves are valid, so one error is due)."""
-    if call.sizes["C_in"] == 0 or call.sizes["C"] == 0 or not data.draw(rarely()):
+    """Now and then, spoil one argument (only where the sizes themselves are valid, so one error is due). With a
+    picker, one of the (kind, argument) pairs that apply; else (CBM) a pair that may not apply (no mistake)."""
+    if call.sizes["C_in"] == 0 or call.sizes["C"] == 0 or not _rarely(data, call):
+        return
+    if call.picker is not None:
+        kind = call.picker.choice(kinds)
+        names = [name for name in call.tensors if _spoiled(call, kind, name, device) is not None]
+        if names:
+            spoiled = _spoiled(call, kind, call.picker.choice(names), device)
+            call.tensors, call.mistake = spoiled.tensors, spoiled.mistake
         return
     kind = data.draw(st.sampled_from(kinds))
     name = data.draw(st.sampled_from(list(call.tensors)))
     call.mistake = _apply_mistake(call, kind, name, device)
+
+
+def _spoiled(call: Call, kind: str, name: str, device: str) -> Optional[Call]:
+    """A copy of ``call`` with a ``kind`` mistake in ``name`` (an absent optional argument given its spare value
+    first), or None where that mistake does not apply."""
+    copy = dataclasses.replace(call, tensors=dict(call.tensors), mistake=None)
+    if copy.tensors[name] is None and name in call.spares:
+        copy.tensors[name] = call.spares[name]
+    copy.mistake = _apply_mistake(copy, kind, name, device)
+    return copy if copy.mistake is not None else None
+
+
+def _rarely(data, call: Call) -> bool:
+    return call.picker.rarely() if call.picker is not None else data.draw(rarely())
+
+
+def _choose(data, call: Call, options):
+    return call.picker.choice(options) if call.picker is not None else data.draw(st.sampled_from(list(options)))
 
 
 def _expect_value_error(fn, name: str) -> None:
@@ -576,26 +642,80 @@ def _check_empty(call: Call, outputs, spec: OpSpec, device: str, grads: bool = T
         assert g.shape == t.shape and not g.any(), f"gradient of {name} of an empty call must be zeros"
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _reference_vjp(spec: OpSpec, call: Call, tensors, cotangents, with_states: bool = False,
+                   jitter: Optional[Tuple[float, int]] = None):
+    """``spec.reference`` in float64 on contiguous CPU copies of ``tensors``, and its vector-Jacobian product for
+    ``cotangents`` (none: outputs only). Returns the outputs and ``{name: gradient}`` for ``call.grad_inputs``
+    and, ``with_states``, every initial state (zeros where the call has none). ``jitter=(rel, seed)``: every
+    input and cotangent first multiplied by its own random 1 +- rel (for :func:`_assert_all_close`)."""
+    gen = torch.Generator().manual_seed(jitter[1]) if jitter else None
+
+    def exact(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().to("cpu", torch.float64).contiguous()
+        return v * (1 + jitter[0] * (2 * torch.rand(v.shape, generator=gen, dtype=v.dtype) - 1)) if jitter else v
+
+    leaves = {k: (exact(v).requires_grad_() if k in call.grad_inputs else (v.cpu() if v is not None else None))
+              for k, v in tensors.items()}
+    if with_states:
+        for k, v in spec.states(tensors).items():
+            if leaves[k] is None:
+                leaves[k] = exact(v).requires_grad_()
+    outputs = spec.reference(leaves, call.options)
+    if not cotangents:
+        return outputs, {}
+    wrt = {k: v for k, v in leaves.items() if v is not None and v.requires_grad}
+    grads = torch.autograd.grad(outputs, list(wrt.values()), [exact(c) for c in cotangents])
+    return outputs, dict(zip(wrt, grads))
+
+
+#: above this, a bf16/fp16 result is rounding noise (see _assert_all_close): only checked to be finite
+NOISE = 0.25
+
+
+def _assert_all_close(results: Dict[str, Tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype,
+                      jittered_reference: Callable[[int], Dict[str, torch.Tensor]]) -> None:
+    """DESIGN.md section 5 tolerances for every ``what: (got, float64 reference)``.
+
+    Those tolerances hold for well-conditioned results. In bf16/fp16 a small result summing larger terms of both
+    signs (a bias gradient over a few pixels: 0.065 out of terms whose magnitudes sum to 10) misses 2e-2
+    however it is computed. So a low-precision result over the tolerance is held to 4x its condition instead:
+    the largest relative change of the float64 reference's result when every input and cotangent moves by its
+    own random half an ulp of ``dtype`` (``jittered_reference(seed)``: its results by name; two draws). Past
+    NOISE the result is rounding noise in ``dtype`` and only has to be finite; the call's other results, and
+    the other dtypes' calls, still see a wrong line."""
+    conditions: Dict[str, float] = {}
+    for what, (got, ref) in results.items():
+        assert got.dtype == dtype, f"{what}: dtype {got.dtype}, not {dtype}"
+        try:
+            assert_close_rel(got.cpu(), ref, dtype, what)
+        except AssertionError:
+            if dtype not in LOW_PRECISION or got.shape != ref.shape:
+                raise
+            if not conditions:
+                draws = [jittered_reference(seed) for seed in (0, 1)]
+                conditions = {k: max(rel_err(d[k], r) for d in draws) for k, (_, r) in results.items()}
+            err, bound = rel_err(got.cpu(), ref), 4 * conditions[what]
+            assert err <= max(bound, TOLERANCES[dtype]) or (bound > NOISE and err < float("inf")), \
+                f"{what}: relative error {err:.3e} > {TOLERANCES[dtype]:.0e} ({dtype}), and > 4x its condition {bound / 4:.3e}"
+
+
 def _check_against_reference(call: Call, outputs, spec: OpSpec, device: str, grads: bool = True) -> None:
     inputs = [call.tensors[k] for k in call.grad_inputs]
-    ref_tensors = {k: (v.detach().double().cpu().contiguous().requires_grad_() if k in call.grad_inputs
-                       else (v.cpu() if v is not None else None)) for k, v in call.tensors.items()}
-    ref_outputs = spec.reference(ref_tensors, call.options)
+    cot = _cotangents(spec.output_shape(call.sizes), call.dtype, device, 1)[: len(outputs)] if grads else []
+    ref_outputs, ref_grads = _reference_vjp(spec, call, call.tensors, cot)
     assert len(outputs) == len(ref_outputs)
-    if not grads:
-        for i, (got, ref) in enumerate(zip(outputs, ref_outputs)):
-            assert got.dtype == call.dtype
-            assert_close_rel(got.cpu(), ref, call.dtype, f"output {i}")
-        return
-    cot = _cotangents(tuple(ref_outputs[0].shape), call.dtype, device, 1)[: len(outputs)]
-    grads = torch.autograd.grad(outputs, inputs, cot)
-    ref_grads = torch.autograd.grad(ref_outputs, [ref_tensors[k] for k in call.grad_inputs],
-                                    [g.cpu().double() for g in cot])
-    for i, (got, ref) in enumerate(zip(outputs, ref_outputs)):
-        assert got.dtype == call.dtype
-        assert_close_rel(got.cpu(), ref, call.dtype, f"output {i}")
-    for name, got, ref in zip(call.grad_inputs, grads, ref_grads):
-        assert_close_rel(got.cpu(), ref, call.dtype, f"gradient of {name}")
+    got_grads = torch.autograd.grad(outputs, inputs, cot) if grads else []
+
+    def named(outs, gs) -> Dict[str, torch.Tensor]:
+        return {**{f"output {i}": o for i, o in enumerate(outs)}, **{f"gradient of {k}": g for k, g in gs.items()}}
+
+    got, ref = named(outputs, dict(zip(call.grad_inputs, got_grads))), named(ref_outputs, ref_grads)
+    half_ulp = torch.finfo(call.dtype).eps / 2
+    _assert_all_close({k: (got[k], ref[k]) for k in got}, call.dtype,
+                      lambda seed: named(*_reference_vjp(spec, call, call.tensors, cot, jitter=(half_ulp, seed))))
 
 
 def check_public_call(spec: OpSpec, backend: Backend, call: Call, run: Callable,
@@ -620,7 +740,7 @@ def check_public_call(spec: OpSpec, backend: Backend, call: Call, run: Callable,
 
 
 def _record(test: str, backend: Backend, outcome: str) -> None:
-    RAN[(test, f"{backend.name}-{backend.device}")][outcome.split(" (")[0]] += 1
+    RAN[(test, f"{backend.name}-{backend.device}")][outcome if DETAIL else outcome.split(" (")[0]] += 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -654,7 +774,7 @@ def test_direct_op_calls_never_crash(spec: OpSpec, backend: Backend, capsys):
     backend = backend.for_spec(spec)
     RAN.pop(("direct", f"{backend.name}-{backend.device}"), None)
     ops = spec.direct_ops[backend.name]()
-    gaps = spec.direct_gaps.get(backend.name, ())
+    gaps = spec.direct_gaps.get(f"{backend.name}-{backend.device}", ())
     kinds = tuple(k for k in KINDS_OF_MISTAKE if k not in gaps)
 
     @fuzz_settings(backend.direct_examples)
@@ -669,9 +789,9 @@ def test_direct_op_calls_never_crash(spec: OpSpec, backend: Backend, capsys):
             _expect_value_error(lambda: spec.direct(ops, call), spec.option_codes[which])
             _record("direct", backend, "ValueError (option code)")
             return
-        if spec.direct_inference is not None and data.draw(rarely()):
-            plain = Call(call.sizes, {k: (v.detach() if v is not None else None) for k, v in call.tensors.items()},
-                         call.options, call.dtype, call.mistake, grad_inputs=call.grad_inputs)
+        if spec.direct_inference is not None and _rarely(data, call):
+            plain = dataclasses.replace(call, tensors={k: (v.detach() if v is not None else None)
+                                                       for k, v in call.tensors.items()})
             outcome = check_public_call(spec, backend, plain, lambda c: spec.direct_inference(ops, c), direct_error,
                                         grads=False)
             _record("direct", backend, f"inference {outcome}")
@@ -689,15 +809,14 @@ def _check_direct_backward(spec: OpSpec, ops, call: Call, data, backend: Backend
     """The backward op called directly: with a spoiled saved tensor or gradient, a ValueError naming it; else
     gradients equal to the reference's vector-Jacobian product for the same cotangents."""
     detached = {k: (v.detach() if v is not None else None) for k, v in call.tensors.items()}
-    plain = Call(call.sizes, detached, call.options, call.dtype)
+    plain = Call(call.sizes, detached, call.options, call.dtype, picker=call.picker)
     forward = spec.direct(ops, plain)
     assert len(forward) == len(spec.forward_names)
     cotangents = _cotangents(tuple(forward[0].shape), call.dtype, backend.device, 2)
-    states = spec.states(detached)
     saved = {**dict(zip(spec.cotangent_names, cotangents)), **dict(zip(spec.forward_names, forward))}
-    if data.draw(rarely()):
-        name = data.draw(st.sampled_from(list(spec.spoilable)))
-        kind = data.draw(st.sampled_from(["rank", "dtype", "shape"]))
+    if _rarely(data, call):
+        name = _choose(data, call, spec.spoilable)
+        kind = _choose(data, call, ["rank", "dtype", "shape"])
         other = torch.float32 if call.dtype == torch.float64 else torch.float64
         saved[name] = {"rank": saved[name][0], "dtype": saved[name].to(other),
                        "shape": saved[name].narrow(1, 0, 0)}[kind]
@@ -705,19 +824,76 @@ def _check_direct_backward(spec: OpSpec, ops, call: Call, data, backend: Backend
         return f"ValueError ({kind} of {name})"
     grads = spec.direct_backward(ops, plain, saved)
     assert len(grads) == len(spec.grad_order)
-    ref_tensors = {k: (v.double().contiguous().cpu().requires_grad_() if k in call.grad_inputs else
-                       (v.cpu() if v is not None else None)) for k, v in detached.items()}
-    ref_states = {k: (ref_tensors[k] if ref_tensors[k] is not None else v.double().cpu().requires_grad_())
-                  for k, v in states.items()}
-    ref_outputs = spec.reference({**ref_tensors, **ref_states}, call.options)
-    ref_inputs = [ref_states[k] if k in ref_states else ref_tensors[k] for k in spec.grad_order]
-    present = [i for i, t in enumerate(ref_inputs) if t is not None]
-    ref_grads = torch.autograd.grad(ref_outputs, [ref_inputs[i] for i in present],
-                                    [saved[k].double().cpu() for k in spec.cotangent_names])
-    for i, ref in zip(present, ref_grads):
-        assert grads[i].dtype == call.dtype, f"direct backward: gradient of {spec.grad_order[i]} is {grads[i].dtype}"
-        assert_close_rel(grads[i].cpu(), ref, call.dtype, f"direct backward: gradient of {spec.grad_order[i]}")
+    cotangents = [saved[k] for k in spec.cotangent_names]
+    _, ref_grads = _reference_vjp(spec, call, detached, cotangents, with_states=True)
+    results = {f"direct backward: gradient of {k}": (g, ref_grads[k]) for k, g in zip(spec.grad_order, grads)
+               if k in ref_grads}  # not the biases the call leaves out
+    assert len(results) == len(ref_grads)
+    half_ulp = torch.finfo(call.dtype).eps / 2
+    _assert_all_close(results, call.dtype, lambda seed: {
+        f"direct backward: gradient of {k}": g for k, g in
+        _reference_vjp(spec, call, detached, cotangents, with_states=True, jitter=(half_ulp, seed))[1].items()})
     return "matches reference"
+
+
+SAVED_MISTAKES = ("rank", "dtype", "shape")
+
+
+def _spoil_saved(t: torch.Tensor, kind: str, dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """A saved tensor or gradient of the backward op with a ``kind`` mistake, None where it would not be one."""
+    if kind == "rank":
+        return t[0] if t.shape[0] else t[None]
+    if kind == "dtype":
+        return t.to(torch.float32 if dtype == torch.float64 else torch.float64)
+    return t.narrow(1, 0, 0) if t.shape[1] else None
+
+
+@pytest.mark.parametrize("spec", OPS, ids=lambda s: s.name)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_every_mistake_is_refused_naming_its_argument(spec: OpSpec, backend: Backend, capsys):
+    """Every kind of mistake in every argument it applies to (not one now and then): the public API, the direct
+    forward and inference ops, and the backward op (every kind in every saved tensor and gradient), each a
+    ValueError naming the argument. Zero sizes included: validation comes before the empty shortcut."""
+    backend = backend.for_spec(spec)
+    RAN.pop(("mistakes", f"{backend.name}-{backend.device}"), None)
+    ops = spec.direct_ops[backend.name]() if backend.name in spec.direct_ops else None
+    gaps = spec.direct_gaps.get(f"{backend.name}-{backend.device}", ())
+
+    @fuzz_settings(3)
+    @given(st.data())
+    def check(data):
+        call = spec.draw(data, backend.dtypes, backend.device)
+        if call.sizes["C_in"] == 0 or call.sizes["C"] == 0:  # refused anyway: no mistake is due
+            return
+        runs = [("public", lambda c: spec.run(c, backend.name))]
+        if ops is not None:
+            runs.append(("direct", lambda c: spec.direct(ops, c)))
+            if spec.direct_inference is not None:
+                runs.append(("inference", lambda c: spec.direct_inference(ops, c)))
+        for kind in KINDS_OF_MISTAKE:
+            for name in call.tensors:
+                spoiled = _spoiled(call, kind, name, backend.device)
+                for where, run in runs if spoiled is not None else ():
+                    if where == "public" or kind not in gaps:
+                        _expect_value_error(lambda: run(spoiled), name)
+                        _record("mistakes", backend, f"ValueError ({where}: {kind} of {name})")
+        if ops is None or 0 in spec.output_shape(call.sizes):
+            return
+        plain = Call(call.sizes, {k: (v.detach() if v is not None else None) for k, v in call.tensors.items()},
+                     call.options, call.dtype)
+        forward = spec.direct(ops, plain)
+        cotangents = _cotangents(tuple(forward[0].shape), call.dtype, backend.device, 2)
+        saved = {**dict(zip(spec.cotangent_names, cotangents)), **dict(zip(spec.forward_names, forward))}
+        spec.direct_backward(ops, plain, saved)  # the unspoiled call runs
+        for name in spec.spoilable:
+            for kind in SAVED_MISTAKES:
+                spoiled = _spoil_saved(saved[name], kind, call.dtype)
+                if spoiled is not None:
+                    _expect_value_error(lambda: spec.direct_backward(ops, plain, {**saved, name: spoiled}), name)
+                    _record("mistakes", backend, f"ValueError (backward: {kind} of {name})")
+
+    check()
+    _report(capsys, "mistakes", backend, spec, unit="calls")
 
 
 @pytest.mark.parametrize("spec", OPS, ids=lambda s: s.name)
