@@ -699,7 +699,8 @@ def _assert_all_close(results: Dict[str, Tuple[torch.Tensor, torch.Tensor]], dty
                 conditions = {k: max(rel_err(d[k], r) for d in draws) for k, (_, r) in results.items()}
             err, bound = rel_err(got.cpu(), ref), 4 * conditions[what]
             assert err <= max(bound, TOLERANCES[dtype]) or (bound > NOISE and err < float("inf")), \
-                f"{what}: relative error {err:.3e} > {TOLERANCES[dtype]:.0e} ({dtype}), and > 4x its condition {bound / 4:.3e}"
+                f"{what}: relative error {err:.3e} > {TOLERANCES[dtype]:.0e} ({dtype}) and > 4x its condition " \
+                f"{bound / 4:.3e}"
 
 
 def _check_against_reference(call: Call, outputs, spec: OpSpec, device: str, grads: bool = True) -> None:
