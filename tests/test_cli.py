@@ -115,7 +115,11 @@ def test_compare_every_cell(tmp_path, capsys):
     summaries = _last_json(capsys.readouterr().out)
     assert [s["cell"] for s in summaries] == ["cbm", "convlstm", "convgru"]
     assert all(s["seconds"] > 0 for s in summaries)
-    assert "| convgru | 1 |" in (tmp_path / "compare.md").read_text()
+    assert all(0 < s["seconds_per_epoch"] <= s["seconds"] for s in summaries)
+    table = (tmp_path / "compare.md").read_text()
+    assert "| s/epoch |" in table.splitlines()[0]
+    row = next(line for line in table.splitlines() if line.startswith("| convgru | 1 |"))
+    assert f"| {summaries[2]['seconds_per_epoch']:.1f} |" in row
 
 
 def _run_cli(args, tmp_path, timeout=120):

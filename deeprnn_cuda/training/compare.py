@@ -33,14 +33,16 @@ def run_grid(base: TrainConfig, cells: Sequence[str], depths: Sequence[int], out
 
 
 def markdown_table(summaries: Sequence[Dict]) -> str:
-    """One row per run: cell, layers, parameters, train and test accuracy, seconds."""
+    """One row per run: cell, layers, parameters, train and test accuracy, training seconds per epoch and the
+    run's total seconds (evaluation included)."""
     lines = [
-        "| cell | layers | parameters | train accuracy | test accuracy | seconds |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| cell | layers | parameters | train accuracy | test accuracy | s/epoch | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for s in summaries:
+        per_epoch = "-" if s.get("seconds_per_epoch") is None else f"{s['seconds_per_epoch']:.1f}"
         lines.append(
             f"| {s['cell']} | {s['layers']} | {s['parameters']:,} | {s['train_accuracy']:.3f} | "
-            f"{s['test_accuracy']:.3f} | {s['seconds']:.0f} |"
+            f"{s['test_accuracy']:.3f} | {per_epoch} | {s['seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
