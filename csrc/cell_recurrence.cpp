@@ -39,6 +39,12 @@ Tensor bias_or_zeros(const std::optional<Tensor>& b, int64_t n, const Tensor& li
   return b.has_value() ? *b : at::zeros({n}, like.options());
 }
 
+// Zero input or hidden channels would leave the convolutions without a well-defined shape.
+void check_channels(const Tensor& x, int64_t C, const char* weight_name, const Tensor& weight) {
+  TORCH_CHECK_VALUE(x.size(2) >= 1, "x must have at least one input channel (C_in >= 1), got ", x.sizes());
+  TORCH_CHECK_VALUE(C >= 1, weight_name, " must describe at least one hidden channel (C >= 1), got ", weight.sizes());
+}
+
 }  // namespace
 
 void check_convlstm_args(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, const Tensor& h0,
@@ -46,6 +52,7 @@ void check_convlstm_args(const Tensor& x, const Tensor& weight, const std::optio
   TORCH_CHECK_VALUE(x.dim() == 5, "x must be (T, B, C_in, H, W), got ", x.sizes());
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) % 4 == 0 && weight.size(1) == x.size(2) + weight.size(0) / 4,
                     "weight must be (4C, C_in + C, k, k) with C_in=", x.size(2), ", got ", weight.sizes());
+  check_channels(x, weight.size(0) / 4, "weight", weight);
   check_kernel(weight, "weight");
   check_like_x(x, weight, "weight");
   const int64_t C = weight.size(0) / 4;
@@ -60,6 +67,7 @@ void check_convgru_args(const Tensor& x, const Tensor& weight_x, const std::opti
   TORCH_CHECK_VALUE(weight_h.dim() == 4 && weight_h.size(0) == 3 * weight_h.size(1),
                     "weight_h must be (3C, C, k, k), got ", weight_h.sizes());
   const int64_t C = weight_h.size(1);
+  check_channels(x, C, "weight_h", weight_h);
   TORCH_CHECK_VALUE(weight_x.dim() == 4 && weight_x.size(0) == 3 * C && weight_x.size(1) == x.size(2),
                     "weight_x must be (3C=", 3 * C, ", C_in=", x.size(2), ", k, k), got ", weight_x.sizes());
   check_kernel(weight_x, "weight_x");

@@ -8,6 +8,9 @@ from typing import Callable
 
 import torch
 
+from ._checks import (check_convgru_op_args, check_convgru_op_backward_args, check_convlstm_op_args,
+                      check_convlstm_op_backward_args)
+
 
 def _state(x: torch.Tensor, channels: int) -> torch.Tensor:
     T, B, _, H, W = x.shape
@@ -16,36 +19,37 @@ def _state(x: torch.Tensor, channels: int) -> torch.Tensor:
 
 def convlstm_forward_fake(x, weight, bias, h0, c0):
     """``(h, c, gates)``: ``(T, B, C, H, W)`` twice and ``(T, B, 4C, H, W)``."""
-    C = weight.shape[0] // 4
+    C = check_convlstm_op_args(x, weight, bias, h0, c0).C
     return _state(x, C), _state(x, C), _state(x, 4 * C)
 
 
 def convlstm_inference_fake(x, weight, bias, h0, c0):
     """``(h, c)``, each ``(T, B, C, H, W)``."""
-    C = weight.shape[0] // 4
+    C = check_convlstm_op_args(x, weight, bias, h0, c0).C
     return _state(x, C), _state(x, C)
 
 
 def convlstm_backward_fake(grad_h, grad_c, x, weight, h0, c0, h, c, gates):
     """Gradients of x, weight, bias ``(4C,)``, h0 and c0."""
+    check_convlstm_op_backward_args(grad_h, grad_c, x, weight, h0, c0, h, c, gates)
     return (x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0]),
             h0.new_empty(h0.shape), c0.new_empty(c0.shape))
 
 
 def convgru_forward_fake(x, weight_x, bias_x, weight_h, bias_h, h0):
     """``(h, gates)``: ``(T, B, C, H, W)`` and ``(T, B, 3C, H, W)``."""
-    C = weight_h.shape[1]
+    C = check_convgru_op_args(x, weight_x, bias_x, weight_h, bias_h, h0).C
     return _state(x, C), _state(x, 3 * C)
 
 
 def convgru_inference_fake(x, weight_x, bias_x, weight_h, bias_h, h0):
     """``h (T, B, C, H, W)``."""
-    return _state(x, weight_h.shape[1])
+    return _state(x, check_convgru_op_args(x, weight_x, bias_x, weight_h, bias_h, h0).C)
 
 
 def convgru_backward_fake(grad_h, x, weight_x, weight_h, h0, h, gates):
     """Gradients of x, weight_x, bias_x ``(3C,)``, weight_h, bias_h ``(3C,)`` and h0."""
-    n = weight_h.shape[0]
+    n = 3 * check_convgru_op_backward_args(grad_h, x, weight_x, weight_h, h0, h, gates).C
     return (x.new_empty(x.shape), weight_x.new_empty(weight_x.shape), weight_x.new_empty(n),
             weight_h.new_empty(weight_h.shape), weight_h.new_empty(n), h0.new_empty(h0.shape))
 

@@ -216,6 +216,8 @@ def _check_x(x: object) -> torch.Tensor:
     _check_tensor("x", x, 5, "(T, B, C_in, H, W)")
     if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"x must be a floating point tensor (float16, bfloat16, float32, float64), got {x.dtype}")
+    if x.shape[2] == 0:  # the input projection would have no input channels to convolve
+        raise ValueError(f"x must have shape (T, B, C_in, H, W) with C_in >= 1 channels, got {_shape(x)}")
     return x
 
 
@@ -308,3 +310,49 @@ def check_convgru_args(
     _check_like_x(x, (("weight_x", weight_x), ("bias_x", bias_x), ("weight_h", weight_h), ("bias_h", bias_h),
                       ("h0", h0)))
     return CellShapes(T=T, B=B, C_in=C_in, C=C, H=H, W=W)
+
+
+def _check_op_states(named) -> None:
+    """The compiled ops take no default state: every (name, state) in ``named`` must be given."""
+    for name, state in named:
+        if state is None:
+            raise ValueError(f"{name} must be a tensor of shape (B, C, H, W): the compiled ops take no default state")
+
+
+def _check_sequences(x: torch.Tensor, s: CellShapes, named) -> None:
+    """Every (name, tensor, channels) in ``named`` is ``(T, B, channels, H, W)`` with x's dtype and device: the
+    saved and incoming tensors of a backward op, which its kernels index with x's sizes."""
+    for name, t, channels in named:
+        shape = (s.T, s.B, channels, s.H, s.W)
+        _check_tensor(name, t, 5, str(shape))
+        if tuple(t.shape) != shape or t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"{name} must have shape {shape}, dtype {x.dtype} and device {x.device}, "
+                             f"got {_shape(t)}, {t.dtype} on {t.device}")
+
+
+def check_convlstm_op_args(x, weight, bias, h0, c0) -> CellShapes:
+    """:func:`check_convlstm_args` for a compiled ConvLSTM forward op called directly: ``h0`` and ``c0`` required."""
+    _check_op_states((("h0", h0), ("c0", c0)))
+    return check_convlstm_args(x, weight, bias, h0, c0)
+
+
+def check_convlstm_op_backward_args(grad_h, grad_c, x, weight, h0, c0, h, c, gates) -> CellShapes:
+    """:func:`check_convlstm_op_args` for the backward op, plus the saved and incoming sequences."""
+    s = check_convlstm_op_args(x, weight, None, h0, c0)
+    _check_sequences(x, s, (("grad_h", grad_h, s.C), ("grad_c", grad_c, s.C), ("h", h, s.C), ("c", c, s.C),
+                            ("gates", gates, 4 * s.C)))
+    return s
+
+
+def check_convgru_op_args(x, weight_x, bias_x, weight_h, bias_h, h0) -> CellShapes:
+    """:func:`check_convgru_args` for a compiled ConvGRU forward op called directly: ``h0`` required."""
+    _check_op_states((("h0", h0),))
+    return check_convgru_args(x, weight_x, bias_x, weight_h, bias_h, h0)
+
+
+def check_convgru_op_backward_args(grad_h, x, weight_x, weight_h, h0, h, gates, gate_channels: int = 3) -> CellShapes:
+    """:func:`check_convgru_op_args` for the backward op, plus the saved and incoming sequences; ``gates`` holds
+    ``gate_channels`` times C channels (the native ops save z, r, n; the Triton ops also r * h)."""
+    s = check_convgru_op_args(x, weight_x, None, weight_h, None, h0)
+    _check_sequences(x, s, (("grad_h", grad_h, s.C), ("h", h, s.C), ("gates", gates, gate_channels * s.C)))
+    return s

@@ -51,3 +51,18 @@ def cpu_conv_chunk_elements(elements: int) -> Iterator[None]:
         yield
     finally:
         torch.ops.deeprnn._set_cpu_conv_chunk_elements(previous)
+
+
+@contextlib.contextmanager
+def fresh_autotune() -> Iterator[None]:
+    """Autotuning on around an empty cache; afterwards the cache is emptied and the setting restored."""
+    from deeprnn_cuda import autotune
+
+    old = autotune.enabled()
+    autotune.set_enabled(True)
+    autotune.clear_cache()
+    try:
+        yield
+    finally:
+        autotune.clear_cache()
+        autotune.set_enabled(old)

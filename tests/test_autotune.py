@@ -62,12 +62,8 @@ def fakes(monkeypatch):
     f = Fakes({"a": 3.0, "b": 1.0})
     monkeypatch.setattr(backends, "auto_candidates", lambda x: list(f.candidates))
     monkeypatch.setattr(autotune, "time_ms", f.timer)
-    old = autotune.enabled()
-    autotune.set_enabled(True)
-    autotune.clear_cache()
-    yield f
-    autotune.clear_cache()
-    autotune.set_enabled(old)
+    with helpers.fresh_autotune():
+        yield f
 
 
 def native_out(inputs, **opts):

@@ -9,7 +9,7 @@ import torch
 
 from cell_helpers import CELLS, layer, make_cell_inputs, outputs
 from deeprnn_cuda import _native, autotune, backends, convgru_layer_ref, convlstm_layer_ref
-from helpers import assert_close_rel
+from helpers import assert_close_rel, fresh_autotune
 
 needs_native = pytest.mark.skipif(not _native.is_available(), reason="native extension not built")
 SHAPE = dict(T=3, B=2, C_in=2, C=3, H=4, W=4)
@@ -48,12 +48,8 @@ def fakes(monkeypatch):
     f = Fakes({"a": 3.0, "b": 1.0})
     monkeypatch.setattr(backends, "cell_auto_candidates", f.candidates)
     monkeypatch.setattr(autotune, "time_ms", f.timer)
-    old = autotune.enabled()
-    autotune.set_enabled(True)
-    autotune.clear_cache()
-    yield f
-    autotune.clear_cache()
-    autotune.set_enabled(old)
+    with fresh_autotune():
+        yield f
 
 
 def native_outputs(cell, inputs):

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import cell_kernels
+from .._checks import (check_convgru_op_args, check_convgru_op_backward_args, check_convlstm_op_args,
+                       check_convlstm_op_backward_args)
 from .ops import conv_bwd, device_guard, recurrent_weight_grad
 
 
@@ -35,12 +37,12 @@ def convlstm_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tens
                      ) -> Tuple[Tensor, Tensor, Tensor]:
     """ConvLSTM forward over the sequence: ``(h, c, gates)``, ``h``/``c`` (T, B, C, H, W) and ``gates``
     (T, B, 4C, H, W): the activations of i, f, o, g, saved for backward."""
+    C = check_convlstm_op_args(x, weight, bias, h0, c0).C
     T, B, C_in, H, W = x.shape
-    C = h0.shape[1]
     h = x.new_empty(T, B, C, H, W)
     c = torch.empty_like(h)
     gates = x.new_empty(T, B, 4 * C, H, W)
-    if T == 0:
+    if h.numel() == 0:  # empty sequence, batch or image: nothing to compute
         return h, c, gates
     with device_guard(x):
         k = weight.shape[-1]
@@ -51,8 +53,8 @@ def convlstm_forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], h0: Tens
 
 @convlstm_forward.register_fake
 def _(x, weight, bias, h0, c0):
+    C = check_convlstm_op_args(x, weight, bias, h0, c0).C
     T, B, _, H, W = x.shape
-    C = h0.shape[1]
     return x.new_empty(T, B, C, H, W), x.new_empty(T, B, C, H, W), x.new_empty(T, B, 4 * C, H, W)
 
 
@@ -60,9 +62,9 @@ def _(x, weight, bias, h0, c0):
 def convlstm_backward(grad_h: Tensor, grad_c: Tensor, x: Tensor, weight: Tensor, h0: Tensor, c0: Tensor,
                       h: Tensor, c: Tensor, gates: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients ``(dx, dweight, dbias, dh0, dc0)`` of the ConvLSTM layer (``dbias`` even without a bias)."""
+    C = check_convlstm_op_backward_args(grad_h, grad_c, x, weight, h0, c0, h, c, gates).C
     T, B, C_in, H, W = x.shape
-    C = h0.shape[1]
-    if T == 0:
+    if h.numel() == 0:  # empty sequence, batch or image: zero gradients
         return (x.new_zeros(x.shape), weight.new_zeros(weight.shape), weight.new_zeros(4 * C),
                 h0.new_zeros(h0.shape), c0.new_zeros(c0.shape))
     with device_guard(x):
@@ -83,6 +85,7 @@ def convlstm_backward(grad_h: Tensor, grad_c: Tensor, x: Tensor, weight: Tensor,
 
 @convlstm_backward.register_fake
 def _(grad_h, grad_c, x, weight, h0, c0, h, c, gates):
+    check_convlstm_op_backward_args(grad_h, grad_c, x, weight, h0, c0, h, c, gates)
     return (x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[0]),
             h0.new_empty(h0.shape), c0.new_empty(c0.shape))
 
@@ -90,6 +93,8 @@ def _(grad_h, grad_c, x, weight, h0, c0, h, c, gates):
 def _lstm_setup_context(ctx, inputs, output):
     x, weight, bias, h0, c0 = inputs
     h, c, gates = output
+    ctx.mark_non_differentiable(gates)  # for backward only, as the native ops' (deeprnn_cuda._cell_autograd)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight, h0, c0, h, c, gates)
     ctx.has_bias = bias is not None
 
@@ -126,11 +131,11 @@ def convgru_forward(x: Tensor, weight_x: Tensor, bias_x: Optional[Tensor], weigh
                     bias_h: Optional[Tensor], h0: Tensor) -> Tuple[Tensor, Tensor]:
     """ConvGRU forward over the sequence: ``(h, saved)``, ``h`` (T, B, C, H, W) and ``saved``
     (T, B, 4C, H, W): z, r, n and ``r * h_{t-1}``, for backward."""
+    C = check_convgru_op_args(x, weight_x, bias_x, weight_h, bias_h, h0).C
     T, B, C_in, H, W = x.shape
-    C = h0.shape[1]
     h = x.new_empty(T, B, C, H, W)
     saved = x.new_empty(T, B, 4 * C, H, W)
-    if T == 0:
+    if h.numel() == 0:  # empty sequence, batch or image: nothing to compute
         return h, saved
     with device_guard(x):
         k = weight_x.shape[-1]
@@ -142,8 +147,8 @@ def convgru_forward(x: Tensor, weight_x: Tensor, bias_x: Optional[Tensor], weigh
 
 @convgru_forward.register_fake
 def _(x, weight_x, bias_x, weight_h, bias_h, h0):
+    C = check_convgru_op_args(x, weight_x, bias_x, weight_h, bias_h, h0).C
     T, B, _, H, W = x.shape
-    C = h0.shape[1]
     return x.new_empty(T, B, C, H, W), x.new_empty(T, B, 4 * C, H, W)
 
 
@@ -152,9 +157,9 @@ def convgru_backward(grad_h: Tensor, x: Tensor, weight_x: Tensor, weight_h: Tens
                      saved: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients ``(dx, dweight_x, dbias_x, dweight_h, dbias_h, dh0)`` of the ConvGRU layer (both bias
     gradients even without biases; they are equal, the biases being summed)."""
+    C = check_convgru_op_backward_args(grad_h, x, weight_x, weight_h, h0, h, saved, gate_channels=4).C
     T, B, C_in, H, W = x.shape
-    C = h0.shape[1]
-    if T == 0:
+    if h.numel() == 0:  # empty sequence, batch or image: zero gradients
         return (x.new_zeros(x.shape), weight_x.new_zeros(weight_x.shape), weight_x.new_zeros(3 * C),
                 weight_h.new_zeros(weight_h.shape), weight_h.new_zeros(3 * C), h0.new_zeros(h0.shape))
     with device_guard(x):
@@ -174,7 +179,7 @@ def convgru_backward(grad_h: Tensor, x: Tensor, weight_x: Tensor, weight_h: Tens
 
 @convgru_backward.register_fake
 def _(grad_h, x, weight_x, weight_h, h0, h, saved):
-    C3 = weight_x.shape[0]
+    C3 = 3 * check_convgru_op_backward_args(grad_h, x, weight_x, weight_h, h0, h, saved, gate_channels=4).C
     return (x.new_empty(x.shape), weight_x.new_empty(weight_x.shape), weight_x.new_empty(C3),
             weight_h.new_empty(weight_h.shape), weight_h.new_empty(C3), h0.new_empty(h0.shape))
 
@@ -182,6 +187,8 @@ def _(grad_h, x, weight_x, weight_h, h0, h, saved):
 def _gru_setup_context(ctx, inputs, output):
     x, weight_x, bias_x, weight_h, bias_h, h0 = inputs
     h, saved = output
+    ctx.mark_non_differentiable(saved)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight_x, weight_h, h0, h, saved)
     ctx.has_bias = (bias_x is not None, bias_h is not None)
 
