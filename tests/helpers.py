@@ -44,7 +44,7 @@ def make_inputs(T, B, C_in, C, H, W, k_r=3, k_t=3, dtype=torch.float64, bias=Tru
 
 @contextlib.contextmanager
 def cpu_conv_chunk_elements(elements: int) -> Iterator[None]:
-    """Run the native CPU driver with ``StepKernels::conv_chunk_elements = elements`` (default 2^20; <= 0: one
+    """Run the native CPU driver with ``StepKernels::conv_chunk_elements = elements`` (default 2^18; <= 0: one
     chunk), so tiny shapes reach its chunk branches; the previous value is restored on exit."""
     previous = torch.ops.deeprnn._set_cpu_conv_chunk_elements(elements)
     try:
