@@ -77,6 +77,7 @@ CUDA_TESTS=(tests/test_cuda.py tests/test_cuda_persistent.py)
 [ -f tests/test_cuda_cells.py ] && CUDA_TESTS+=(tests/test_cuda_cells.py)
 TRITON_TESTS=(tests/test_triton.py tests/test_autotune.py)
 [ -f tests/test_triton_cells.py ] && TRITON_TESTS+=(tests/test_triton_cells.py)
+[ -f tests/test_cell_autotune.py ] && TRITON_TESTS+=(tests/test_cell_autotune.py)
 STEP_SELECTION="(test_matches_reference and relu-sigmoid-mul-tdsample) or (test_half_matches_reference and tanh-relu-add-tdnode) or test_internal_cuda_graphs or test_batch_one"
 PERSISTENT_SELECTION="(test_matches_reference and relu-sigmoid-mul-tdsample) or (test_half_matches_reference and bf16)"
 

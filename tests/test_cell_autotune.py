@@ -138,9 +138,13 @@ def test_disabled_or_untraceable_takes_the_static_preference(fakes):
     assert [e[0] for e in fakes.log] == ["a", "a"] and autotune.cache() == {}
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (never run yet)")
 @pytest.mark.parametrize("cell", CELLS)
 def test_cuda_auto_measures_native_and_triton_once_and_matches_reference(cell, monkeypatch):
+    names = [name for name, _ in backends.cell_auto_candidates(cell, torch.zeros(1, 1, 1, 1, 1, device="cuda"))]
+    if names != ["native", "triton"]:
+        pytest.skip(f"needs both the native CUDA and the Triton backend, have {names}")
     calls = []
     real = autotune.time_ms
     monkeypatch.setattr(autotune, "time_ms", lambda fn: calls.append(1) or real(fn))
@@ -151,5 +155,5 @@ def test_cuda_auto_measures_native_and_triton_once_and_matches_reference(cell, m
     for a, b in zip(got, ref):
         assert_close_rel(a, b, torch.float64)
     layer(cell)(**inputs)
-    assert len(calls) == len(backends.cell_auto_candidates(cell, inputs["x"])) >= 2
+    assert len(calls) == 2  # each candidate timed once, on the first call only
     autotune.clear_cache()
