@@ -8,6 +8,8 @@ from typing import Any, Callable, List, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
+from ._checks import BACKENDS, check_choice
+
 IntOrList = Union[int, Sequence[int]]
 TD_GRANULARITIES = ("node", "sample")
 
@@ -105,6 +107,38 @@ class _ConvRNNStack(nn.Module):
             raise ValueError(f"bidirectional must be a bool, got {bidirectional!r}")
         self.bidirectional = bidirectional
         self.num_directions = 2 if bidirectional else 1
+
+    def _build(self, init_gain: float, backend: str) -> None:
+        """The end of every cell's constructor: the init gain and backend, the layers of each direction (the
+        cell's :meth:`_make_layer`), the shortcuts and the initial parameters."""
+        self.init_gain = _check_gain("init_gain", init_gain)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.layers = self._make_layers()
+        if self.bidirectional:
+            self.layers_reverse = self._make_layers()
+        self.shortcuts = self._build_shortcuts()
+        self.reset_parameters()
+
+    def _make_layers(self) -> nn.ModuleList:
+        return nn.ModuleList(self._make_layer(i) for i in range(self.num_layers))
+
+    def _make_layer(self, i: int) -> nn.Module:
+        """The parameters of layer ``i`` of one direction (each cell defines it)."""
+        raise NotImplementedError
+
+    def _reset_layer(self, layer: nn.Module) -> None:
+        """Initialise one layer's parameters (Xavier-normal with ``init_gain``, zero biases)."""
+        layer.reset_parameters(self.init_gain)
+
+    def _directions(self) -> List[nn.ModuleList]:
+        return [self.layers, self.layers_reverse] if self.bidirectional else [self.layers]
+
+    def reset_parameters(self) -> None:
+        """Xavier-normal weights with gain ``init_gain`` (layers and 1x1 shortcuts), zero biases."""
+        for layers in self._directions():
+            for layer in layers:
+                self._reset_layer(layer)
+        self._reset_shortcuts(self.init_gain)
 
     def _build_shortcuts(self) -> nn.ModuleList:
         """One module per complete block: ``nn.Identity`` or a bias-free 1x1 ``nn.Conv2d``."""

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from ._checks import ACT_R_CODES, ACT_T_CODES, BACKENDS, MERGE_CODES, check_cbm_args, check_choice
 from ._stack import (
     IntOrList,
-    _check_gain,
     _check_odd_kernel,
     _check_positive_int,
     _check_rate,
@@ -258,22 +257,10 @@ class CBM(_ConvRNNStack):
         self.act_r = check_choice("act_r", act_r, ACT_R_CODES)
         self.act_t = check_choice("act_t", act_t, ACT_T_CODES)
         self.merge = check_choice("merge", merge, MERGE_CODES)
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self.init_gain = _check_gain("init_gain", init_gain)
-        self.layers = self._make_layers()
-        if bidirectional:
-            self.layers_reverse = self._make_layers()
-        self.shortcuts = self._build_shortcuts()
-        self.reset_parameters()
+        self._build(init_gain, backend)
 
-    def _make_layers(self) -> nn.ModuleList:
-        return nn.ModuleList(
-            CBMLayerParams(self.layer_in_channels(i), self.hidden_channels[i], self.kernel_size[i], self.bias)
-            for i in range(self.num_layers)
-        )
-
-    def _directions(self) -> List[nn.ModuleList]:
-        return [self.layers, self.layers_reverse] if self.bidirectional else [self.layers]
+    def _make_layer(self, i: int) -> CBMLayerParams:
+        return CBMLayerParams(self.layer_in_channels(i), self.hidden_channels[i], self.kernel_size[i], self.bias)
 
     @property
     def td_rate(self) -> float:
@@ -283,13 +270,6 @@ class CBM(_ConvRNNStack):
     @td_rate.setter
     def td_rate(self, value: float) -> None:
         self._td_rate = _check_rate("td_rate", value)
-
-    def reset_parameters(self) -> None:
-        """Xavier-normal weights with gain ``init_gain`` (layers and 1x1 shortcuts), zero biases."""
-        for layers in self._directions():
-            for layer in layers:
-                layer.reset_parameters(self.init_gain)
-        self._reset_shortcuts(self.init_gain)
 
     def _td_masks(self, T: int, B: int, device: torch.device) -> List[Optional[torch.Tensor]]:
         """One Temporal Dropout mask per layer and direction: bool ``(T,)`` or ``(T, B)``; None outside

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import BACKENDS, check_choice, check_convgru_args
-from ._stack import IntOrList, _check_gain, _check_state, _ConvRNNStack
+from ._checks import check_convgru_args
+from ._stack import IntOrList, _check_state, _ConvRNNStack
 from .backends import autocast_args, empty_result, resolve_cell_backend
 
 
@@ -134,29 +134,10 @@ class ConvGRU(_ConvRNNStack):
         super().__init__(
             in_channels, hidden_channels, kernel_size, num_layers, batch_first, bias, shortcut_every, bidirectional
         )
-        self.init_gain = _check_gain("init_gain", init_gain)
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self.layers = self._make_layers()
-        if bidirectional:
-            self.layers_reverse = self._make_layers()
-        self.shortcuts = self._build_shortcuts()
-        self.reset_parameters()
+        self._build(init_gain, backend)
 
-    def _make_layers(self) -> nn.ModuleList:
-        return nn.ModuleList(
-            ConvGRULayerParams(self.layer_in_channels(i), C, self.kernel_size[i], self.bias)
-            for i, C in enumerate(self.hidden_channels)
-        )
-
-    def _directions(self) -> List[nn.ModuleList]:
-        return [self.layers, self.layers_reverse] if self.bidirectional else [self.layers]
-
-    def reset_parameters(self) -> None:
-        """Xavier-normal weights with gain ``init_gain`` (layers and 1x1 shortcuts), zero biases."""
-        for layers in self._directions():
-            for layer in layers:
-                layer.reset_parameters(self.init_gain)
-        self._reset_shortcuts(self.init_gain)
+    def _make_layer(self, i: int) -> "ConvGRULayerParams":
+        return ConvGRULayerParams(self.layer_in_channels(i), self.hidden_channels[i], self.kernel_size[i], self.bias)
 
     def forward(
         self, x: torch.Tensor, h0: Optional[Sequence[torch.Tensor]] = None, return_states: bool = False

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._checks import BACKENDS, check_choice, check_convlstm_args
-from ._stack import IntOrList, _check_gain, _check_state, _ConvRNNStack
+from ._checks import check_convlstm_args
+from ._stack import IntOrList, _check_state, _ConvRNNStack
 from .backends import autocast_args, empty_result, resolve_cell_backend
 
 LSTMState = Tuple[torch.Tensor, torch.Tensor]
@@ -146,34 +146,16 @@ class ConvLSTM(_ConvRNNStack):
         super().__init__(
             in_channels, hidden_channels, kernel_size, num_layers, batch_first, bias, shortcut_every, bidirectional
         )
-        self.init_gain = _check_gain("init_gain", init_gain)
-        self.backend = check_choice("backend", backend, BACKENDS)
-        self.layers = self._make_layers()
-        if bidirectional:
-            self.layers_reverse = self._make_layers()
-        self.shortcuts = self._build_shortcuts()
-        self.reset_parameters()
+        self._build(init_gain, backend)
 
-    def _make_layers(self) -> nn.ModuleList:
-        return nn.ModuleList(
-            nn.Conv2d(
-                self.layer_in_channels(i) + C, 4 * C, self.kernel_size[i], padding=self.kernel_size[i] // 2,
-                bias=self.bias,
-            )
-            for i, C in enumerate(self.hidden_channels)
-        )
+    def _make_layer(self, i: int) -> nn.Conv2d:
+        C, k = self.hidden_channels[i], self.kernel_size[i]
+        return nn.Conv2d(self.layer_in_channels(i) + C, 4 * C, k, padding=k // 2, bias=self.bias)
 
-    def _directions(self) -> List[nn.ModuleList]:
-        return [self.layers, self.layers_reverse] if self.bidirectional else [self.layers]
-
-    def reset_parameters(self) -> None:
-        """Xavier-normal weights with gain ``init_gain`` (layers and 1x1 shortcuts), zero biases."""
-        for layers in self._directions():
-            for conv in layers:
-                nn.init.xavier_normal_(conv.weight, gain=self.init_gain)
-                if conv.bias is not None:
-                    nn.init.zeros_(conv.bias)
-        self._reset_shortcuts(self.init_gain)
+    def _reset_layer(self, conv: nn.Module) -> None:
+        nn.init.xavier_normal_(conv.weight, gain=self.init_gain)
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
 
     def forward(
         self, x: torch.Tensor, c0: Optional[Sequence[LSTMState]] = None, return_states: bool = False
