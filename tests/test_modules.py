@@ -143,6 +143,9 @@ def test_batch_first(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_c0_and_return_states(backend):
+    # Seeded: with some draws every output of the last (relu, 2-channel, 1x1) layer is 0, c0 or not; an unseeded
+    # draw after other tests made "c0 must matter" fail once (the oldest-torch CI stage, 2026-12-06).
+    torch.manual_seed(0)
     m = randomize_(CBM(3, [4, 2], kernel_size=[3, 1], num_layers=2, backend=backend))
     x = rand(T, B, 3, H, W, grad=True)
     c0 = [rand(B, 4, H, W, grad=True), rand(B, 2, H, W, grad=True)]
