@@ -155,6 +155,25 @@ def _option_name(name: str, code: object, codes: Dict[str, int]) -> str:
     raise ValueError(f"{name} must be one of the codes {sorted(codes.values())} ({codes}), got {code!r}")
 
 
+def _check_op_states(named) -> None:
+    """The compiled ops take no default state: every (name, state) in ``named`` must be given."""
+    for name, state in named:
+        if state is None:
+            raise ValueError(f"{name} must be a tensor of shape (B, C, H, W): the compiled ops take no default state")
+
+
+def _check_sequences(x: torch.Tensor, s, named) -> None:
+    """Every (name, tensor, channels) in ``named`` is ``(T, B, channels, H, W)`` (sizes from ``s``, a CBMShapes or
+    CellShapes) with x's dtype and device: the saved and incoming tensors of a backward op, which its kernels
+    index with x's sizes."""
+    for name, t, channels in named:
+        shape = (s.T, s.B, channels, s.H, s.W)
+        _check_tensor(name, t, 5, str(shape))
+        if tuple(t.shape) != shape or t.dtype != x.dtype or t.device != x.device:
+            raise ValueError(f"{name} must have shape {shape}, dtype {x.dtype} and device {x.device}, "
+                             f"got {_shape(t)}, {t.dtype} on {t.device}")
+
+
 def check_op_args(
     x: torch.Tensor,
     weight_r: torch.Tensor,
@@ -170,8 +189,7 @@ def check_op_args(
     """:func:`check_cbm_args` for a compiled forward op called directly: option codes, ``c0`` required."""
     names = (_option_name("act_r", act_r, ACT_R_CODES), _option_name("act_t", act_t, ACT_T_CODES),
              _option_name("merge", merge, MERGE_CODES))
-    if c0 is None:
-        raise ValueError("c0 must be a tensor of shape (B, C, H, W): the compiled ops take no default state")
+    _check_op_states((("c0", c0),))
     return check_cbm_args(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, *names)
 
 
@@ -191,12 +209,8 @@ def check_op_backward_args(
 ) -> CBMShapes:
     """:func:`check_op_args` for a compiled backward op, plus the saved and incoming ``(T, B, C, H, W)`` tensors."""
     s = check_op_args(x, weight_r, None, weight_t, None, c0, td_mask, act_r, act_t, merge)
-    shape = (s.T, s.B, s.C, s.H, s.W)
-    for name, t in (("grad_o", grad_o), ("grad_c", grad_c), ("r", r), ("c", c)):
-        _check_tensor(name, t, 5, str(shape))
-        if tuple(t.shape) != shape or t.dtype != x.dtype or t.device != x.device:
-            raise ValueError(f"{name} must have shape {shape}, dtype {x.dtype} and device {x.device}, "
-                             f"got {_shape(t)}, {t.dtype} on {t.device}")
+    _check_sequences(x, s, ((name, t, s.C) for name, t in (("grad_o", grad_o), ("grad_c", grad_c), ("r", r),
+                                                            ("c", c))))
     return s
 
 
@@ -310,24 +324,6 @@ def check_convgru_args(
     _check_like_x(x, (("weight_x", weight_x), ("bias_x", bias_x), ("weight_h", weight_h), ("bias_h", bias_h),
                       ("h0", h0)))
     return CellShapes(T=T, B=B, C_in=C_in, C=C, H=H, W=W)
-
-
-def _check_op_states(named) -> None:
-    """The compiled ops take no default state: every (name, state) in ``named`` must be given."""
-    for name, state in named:
-        if state is None:
-            raise ValueError(f"{name} must be a tensor of shape (B, C, H, W): the compiled ops take no default state")
-
-
-def _check_sequences(x: torch.Tensor, s: CellShapes, named) -> None:
-    """Every (name, tensor, channels) in ``named`` is ``(T, B, channels, H, W)`` with x's dtype and device: the
-    saved and incoming tensors of a backward op, which its kernels index with x's sizes."""
-    for name, t, channels in named:
-        shape = (s.T, s.B, channels, s.H, s.W)
-        _check_tensor(name, t, 5, str(shape))
-        if tuple(t.shape) != shape or t.dtype != x.dtype or t.device != x.device:
-            raise ValueError(f"{name} must have shape {shape}, dtype {x.dtype} and device {x.device}, "
-                             f"got {_shape(t)}, {t.dtype} on {t.device}")
 
 
 def check_convlstm_op_args(x, weight, bias, h0, c0) -> CellShapes:

@@ -185,6 +185,24 @@ def _measure(candidates: Sequence[Candidate], args: Tuple, codes: Tuple[int, int
     return times
 
 
+def _pick(key: Union[Key, CellKey], names: Sequence[str], x: torch.Tensor,
+          measure: Callable[[], Dict[str, float]]) -> str:
+    """The candidate name for a call with ``key``: cached, else the fastest ``measure()`` finds when measuring is
+    allowed on ``x`` (and cached), else the first of ``names`` (also when every candidate failed: the call itself
+    then raises the first one's error)."""
+    entry = _cache.get(key)
+    if entry is not None and entry.backend in names:
+        return entry.backend
+    if not _can_measure(x):
+        return names[0]
+    times = measure()
+    if not times:
+        return names[0]
+    best = min(times, key=times.__getitem__)
+    _cache[key] = Entry(best, times)
+    return best
+
+
 def choose(
     candidates: Sequence[Candidate],
     x: torch.Tensor,
@@ -204,19 +222,9 @@ def choose(
     tensors = (x, weight_r, bias_r, weight_t, bias_t, c0)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     key = make_key(x, weight_r, bias_r, weight_t, bias_t, td_mask, act_r, act_t, merge, grad)
-    entry = _cache.get(key)
-    by_name = {c.name: c for c in candidates}
-    if entry is not None and entry.backend in by_name:
-        return by_name[entry.backend]
-    if not _can_measure(x):
-        return candidates[0]
     codes = (ACT_R_CODES[act_r], ACT_T_CODES[act_t], MERGE_CODES[merge])
-    times = _measure(candidates, (*tensors, td_mask), codes, grad)
-    if not times:  # every candidate failed: the call itself will raise the first one's error
-        return candidates[0]
-    best = min(times, key=times.__getitem__)
-    _cache[key] = Entry(best, times)
-    return by_name[best]
+    by_name = {c.name: c for c in candidates}
+    return by_name[_pick(key, list(by_name), x, lambda: _measure(candidates, (*tensors, td_mask), codes, grad))]
 
 
 def cbm_layer_auto(
@@ -286,19 +294,9 @@ def choose_layer(cell: str, candidates: Sequence[Tuple[str, Callable]],
     if len(candidates) < 2 or not _enabled:
         return candidates[0][1]
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
-    key = make_cell_key(cell, args, grad)
     by_name = dict(candidates)
-    entry = _cache.get(key)
-    if entry is not None and entry.backend in by_name:
-        return by_name[entry.backend]
-    if not _can_measure(args[0]):
-        return candidates[0][1]
-    times = _measure_layers(candidates, args, grad)
-    if not times:  # every candidate failed: the call itself will raise the first one's error
-        return candidates[0][1]
-    best = min(times, key=times.__getitem__)
-    _cache[key] = Entry(best, times)
-    return by_name[best]
+    return by_name[_pick(make_cell_key(cell, args, grad), list(by_name), args[0],
+                         lambda: _measure_layers(candidates, args, grad))]
 
 
 def cell_layer_auto(cell: str, candidates: Sequence[Tuple[str, Callable]],
