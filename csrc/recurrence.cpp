@@ -24,7 +24,7 @@ namespace {
 // oneDNN spends tens of microseconds on any CPU convolution (it picks a kernel and reorders the weights per call),
 // more than a whole per-step recurrent convolution of a small image costs as im2col + GEMM (ATen's thnn_conv2d):
 // that runs them in about half the time, up to roughly this size, where oneDNN's faster kernels take over
-// (measured per shape in benchmarks/RESULTS.md, "CPU: the recurrent convolution"). A fixed rule, not a timing,
+// (measured per shape in benchmarks/RESULTS.md, the cell table's notes). A fixed rule, not a timing,
 // so that every run of a program computes the same bits.
 constexpr double kIm2colMaxFlops = 3.2e7;
 
