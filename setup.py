@@ -4,7 +4,7 @@ The CUDA kernels are compiled when torch is a CUDA build and a usable CUDA toolk
 deeprnn_cuda/_build_config.py for where it looks and what it checks); a GPU need not be present. Otherwise the
 extension is CPU-only, and the build says why in one line. DEEPRNN_FORCE_CPU=1 skips CUDA; DEEPRNN_REQUIRE_CUDA=1
 makes a missing toolkit an error; DEEPRNN_CPU_SIMD=1/0 forces the CPU kernels' AVX2 flags on/off (by default
-only in-place and editable builds use them, on a host that has AVX2). `deeprnn info` shows what was decided.
+only in-place and editable builds use SIMD flags: AVX-512 or AVX2, whichever the host has). `deeprnn info` shows what was decided.
 """
 import glob
 import importlib.util
@@ -81,7 +81,7 @@ class BuildExt(BuildExtension):
         try:
             cuda = build_config.decide_cuda(os.environ, torch.version.cuda, getattr(torch.version, "hip", None))
             simd = build_config.decide_cpu_simd(os.environ, self._for_this_host, platform.machine(),
-                                                build_config.cpu_has_avx2())
+                                                build_config.cpu_simd_level())
         except build_config.BuildConfigError as e:
             raise SystemExit(f"deeprnn_cuda: {e}") from None
         print(f"deeprnn_cuda: {cuda.line()}", flush=True)

@@ -45,6 +45,15 @@ void check_channels(const Tensor& x, int64_t C, const char* weight_name, const T
   TORCH_CHECK_VALUE(C >= 1, weight_name, " must describe at least one hidden channel (C >= 1), got ", weight.sizes());
 }
 
+// ConvGRU's weights for its per-step concatenated form: (W_zr, W_n) = ([W_x | W_h] rows z, r; rows n), both
+// (·, C_in + C, k, k) with k the larger kernel (the smaller one zero-padded to it).
+std::pair<Tensor, Tensor> gru_concat_weights(const Tensor& weight_x, const Tensor& weight_h) {
+  const int64_t k = std::max(weight_x.size(-1), weight_h.size(-1)), C = weight_h.size(1);
+  const Tensor wx = pad_kernel(weight_x, k), wh = pad_kernel(weight_h, k);
+  return {at::cat({wx.narrow(0, 0, 2 * C), wh.narrow(0, 0, 2 * C)}, 1),
+          at::cat({wx.narrow(0, 2 * C, C), wh.narrow(0, 2 * C, C)}, 1)};
+}
+
 }  // namespace
 
 void check_convlstm_args(const Tensor& x, const Tensor& weight, const std::optional<Tensor>& bias, const Tensor& h0,
@@ -90,14 +99,24 @@ std::tuple<Tensor, Tensor, Tensor> convlstm_forward_impl(const Tensor& x, const 
   Tensor c = at::empty_like(h);
   Tensor gates = save_gates ? at::empty({T, B, 4 * C, H, W}, x.options()) : Tensor();
   if (h.numel() == 0) return {h, c, gates};  // empty sequence, batch or image: nothing to compute
-  const Tensor w_x = weight.narrow(1, 0, C_in).contiguous(), w_h = weight.narrow(1, C_in, C).contiguous();
   const Tensor h0_c = h0.contiguous(), c0_c = c0.contiguous();
+  if (one_step_per_chunk(kernels.conv_chunk_elements, B, (C_in + 4 * C) * H * W)) {
+    StepConcat xh(x, C);
+    const Tensor weight_c = weight.contiguous(), b = bias_or_zeros(bias, 4 * C, x);
+    const Tensor zero = at::zeros({}, x.options()).expand({B, 4 * C, H, W});  // the epilogue's rec: in A already
+    for (int64_t t = 0; t < T; ++t) {
+      const Tensor A = same_conv(xh.fill(t, t == 0 ? h0_c : h[t - 1]), weight_c, b);
+      kernels.forward(A, zero, t == 0 ? c0_c : c[t - 1], save_gates ? gates[t] : Tensor(), c[t], h[t]);
+    }
+    return {h, c, gates};
+  }
+  const Tensor w_x = weight.narrow(1, 0, C_in).contiguous(), w_h = weight.narrow(1, C_in, C).contiguous();
   project_forward(x, w_x, bias_or_zeros(bias, 4 * C, x), kernels.conv_chunk_elements,
                   [&](int64_t t0, int64_t n, const Tensor& P) {
                     for (int64_t t = t0; t < t0 + n; ++t) {
                       const Tensor rec = same_conv(t == 0 ? h0_c : h[t - 1], w_h);
                       const Tensor p = P[t - t0];
-                      kernels.forward(p, rec, t == 0 ? c0_c : c[t - 1], save_gates ? gates[t] : p, c[t], h[t]);
+                      kernels.forward(p, rec, t == 0 ? c0_c : c[t - 1], save_gates ? gates[t] : Tensor(), c[t], h[t]);
                     }
                   });
   return {h, c, gates};
@@ -123,12 +142,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> convlstm_backward_impl(
     return {at::zeros_like(x), at::zeros_like(weight), at::zeros({4 * C}, x.options()), at::zeros_like(h0),
             at::zeros_like(c0)};
   }
-  const Tensor w_x = weight.narrow(1, 0, C_in).contiguous(), w_h = weight.narrow(1, C_in, C).contiguous();
-  const Tensor w_h_t = transpose_kernel(w_h);
   const Tensor h0_c = h0.contiguous(), c0_c = c0.contiguous();
   // Carried from step t+1 to t: dh_next = convT(dA_{t+1}, W_h) and dc (updated in place to dc_prev).
   Tensor dh_next = at::zeros({B, C, H, W}, x.options());
   const Tensor dc = at::zeros({B, C, H, W}, x.options());
+  if (one_step_per_chunk(kernels.conv_chunk_elements, B, (C_in + 4 * C) * H * W)) {
+    StepConcat xh(x, C);
+    const Tensor weight_c = weight.contiguous(), dA = at::empty({B, 4 * C, H, W}, x.options());
+    Tensor grad_x = at::empty_like(x), grad_weight, grad_bias;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      kernels.backward(grad_h[t], grad_c[t], dh_next, dc, gates[t], c[t], t == 0 ? c0_c : c[t - 1], dA, dc);
+      auto [d_xh, gw, gb] = conv_backward(dA, xh.fill(t, t == 0 ? h0_c : h[t - 1]), weight_c, {true, true, true});
+      grad_x[t].copy_(xh.grad_x(d_xh));
+      dh_next = xh.grad_state(d_xh);
+      accumulate(grad_weight, gw);
+      accumulate(grad_bias, gb);
+    }
+    return {grad_x, grad_weight, grad_bias, dh_next.contiguous(), dc};
+  }
+  const Tensor w_x = weight.narrow(1, 0, C_in).contiguous(), w_h = weight.narrow(1, C_in, C).contiguous();
+  const Tensor w_h_t = transpose_kernel(w_h);
   Tensor grad_w_h;
   auto [grad_x, grad_w_x, grad_bias] =
       project_backward(x, w_x, kernels.conv_chunk_elements, [&](int64_t t0, int64_t n, const Tensor& dP) {
@@ -154,8 +187,23 @@ std::tuple<Tensor, Tensor> convgru_forward_impl(const Tensor& x, const Tensor& w
   if (h.numel() == 0) return {h, gates};  // empty sequence, batch or image: nothing to compute
   // Both biases are added outside r * (...), so they act as one bias of the projection.
   const Tensor bias = bias_or_zeros(bias_x, 3 * C, x) + bias_or_zeros(bias_h, 3 * C, x);
-  const Tensor w_hzr = weight_h.narrow(0, 0, 2 * C).contiguous(), w_hn = weight_h.narrow(0, 2 * C, C).contiguous();
   const Tensor h0_c = h0.contiguous();
+  if (one_step_per_chunk(kernels.conv_chunk_elements, B, (x.size(2) + 3 * C) * H * W)) {
+    // z, r from one convolution of cat[x_t, h_{t-1}]; n from one of cat[x_t, r * h_{t-1}], whose second part
+    // the z/r epilogue writes in place.
+    const auto [w_zr, w_n] = gru_concat_weights(weight_x, weight_h);
+    const Tensor b_zr = bias.narrow(0, 0, 2 * C), b_n = bias.narrow(0, 2 * C, C);
+    StepConcat xh(x, C), xrh(x, C);
+    const Tensor zero = at::zeros({}, x.options()).expand({B, 3 * C, H, W});  // the epilogues' p: in u, v already
+    const Tensor step_gates = save_gates ? Tensor() : at::empty({B, 3 * C, H, W}, x.options());
+    for (int64_t t = 0; t < T; ++t) {
+      const Tensor h_prev = t == 0 ? h0_c : h[t - 1], g = save_gates ? gates[t] : step_gates;
+      kernels.forward_zr(zero, same_conv(xh.fill(t, h_prev), w_zr, b_zr), h_prev, g, xrh.state());
+      kernels.forward_n(zero, same_conv(xrh.fill_x(t), w_n, b_n), h_prev, g, h[t]);
+    }
+    return {h, gates};
+  }
+  const Tensor w_hzr = weight_h.narrow(0, 0, 2 * C).contiguous(), w_hn = weight_h.narrow(0, 2 * C, C).contiguous();
   const Tensor rh = at::empty({B, C, H, W}, x.options());
   project_forward(x, weight_x, bias, kernels.conv_chunk_elements, [&](int64_t t0, int64_t n, const Tensor& P) {
     for (int64_t t = t0; t < t0 + n; ++t) {
@@ -185,12 +233,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> convgru_backward_impl
     return {at::zeros_like(x), at::zeros_like(weight_x), at::zeros({3 * C}, x.options()), at::zeros_like(weight_h),
             at::zeros({3 * C}, x.options()), at::zeros_like(h0)};
   }
-  const Tensor w_hzr = weight_h.narrow(0, 0, 2 * C).contiguous(), w_hn = weight_h.narrow(0, 2 * C, C).contiguous();
-  const Tensor w_hzr_t = transpose_kernel(w_hzr), w_hn_t = transpose_kernel(w_hn);
   const Tensor h0_c = h0.contiguous();
   // Carried from step t+1 to t: dh_acc (the direct and r-path parts of dh_t) and rec = convT(dA_zr, W_hzr).
   const Tensor dh_acc = at::zeros({B, C, H, W}, x.options());
   Tensor rec = at::zeros({B, C, H, W}, x.options());
+  if (one_step_per_chunk(kernels.conv_chunk_elements, B, (x.size(2) + 3 * C) * H * W)) {
+    const auto [w_zr, w_n] = gru_concat_weights(weight_x, weight_h);
+    StepConcat xh(x, C), xrh(x, C);
+    const Tensor dA = at::empty({B, 3 * C, H, W}, x.options());
+    Tensor grad_x = at::empty_like(x), grad_w_zr, grad_w_n, grad_b_zr, grad_b_n;
+    for (int64_t t = T - 1; t >= 0; --t) {
+      const Tensor h_prev = t == 0 ? h0_c : h[t - 1];
+      kernels.backward_zn(grad_h[t], dh_acc, rec, gates[t], h_prev, dA, dh_acc);
+      Tensor rh = xrh.state();
+      at::mul_out(rh, gates[t].narrow(1, C, C), h_prev);  // r_t * h_{t-1}, recomputed
+      auto [d_xrh, gw_n, gb_n] = conv_backward(dA.narrow(1, 2 * C, C), xrh.fill_x(t), w_n, {true, true, true});
+      kernels.backward_r(xrh.grad_state(d_xrh), gates[t], h_prev, dA, dh_acc);
+      auto [d_xh, gw_zr, gb_zr] = conv_backward(dA.narrow(1, 0, 2 * C), xh.fill(t, h_prev), w_zr, {true, true, true});
+      Tensor dx = grad_x[t];
+      at::add_out(dx, xh.grad_x(d_xh), xrh.grad_x(d_xrh));
+      rec = xh.grad_state(d_xh);
+      accumulate(grad_w_zr, gw_zr);
+      accumulate(grad_w_n, gw_n);
+      accumulate(grad_b_zr, gb_zr);
+      accumulate(grad_b_n, gb_n);
+    }
+    const int64_t C_in = x.size(2);
+    const Tensor grad_bias = at::cat({grad_b_zr, grad_b_n});
+    return {grad_x,
+            crop_kernel(at::cat({grad_w_zr.narrow(1, 0, C_in), grad_w_n.narrow(1, 0, C_in)}), weight_x.size(-1)),
+            grad_bias,
+            crop_kernel(at::cat({grad_w_zr.narrow(1, C_in, C), grad_w_n.narrow(1, C_in, C)}), weight_h.size(-1)),
+            grad_bias.clone(), dh_acc + rec};
+  }
+  const Tensor w_hzr = weight_h.narrow(0, 0, 2 * C).contiguous(), w_hn = weight_h.narrow(0, 2 * C, C).contiguous();
+  const Tensor w_hzr_t = transpose_kernel(w_hzr), w_hn_t = transpose_kernel(w_hn);
   Tensor grad_w_hzr, grad_w_hn;
   auto [grad_x, grad_w_x, grad_bias] =
       project_backward(x, weight_x, kernels.conv_chunk_elements, [&](int64_t t0, int64_t n, const Tensor& dP) {

@@ -17,7 +17,7 @@ namespace deeprnn {
 // ConvLSTM, gates i, f, o, g (ndrplz/ConvLSTM_pytorch's order).
 struct LstmStepKernels {
   // A = p + rec (both (B, 4C, H, W));  gates = [σ(A_i), σ(A_f), σ(A_o), tanh(A_g)];  c = f*c_prev + i*g;
-  // h = o*tanh(c). `gates` may be `p` itself (inference writes the gates over the projection).
+  // h = o*tanh(c). `gates` may be `p` itself, or undefined (inference: they are not kept).
   void (*forward)(const at::Tensor& p, const at::Tensor& rec, const at::Tensor& c_prev, const at::Tensor& gates,
                   const at::Tensor& c, const at::Tensor& h);
   // dh = grad_h + dh_next;  dc = grad_c + dc_next + dh*o*(1 - tanh²c);  dA = gate pre-activation gradients
@@ -56,7 +56,7 @@ void check_convgru_args(const at::Tensor& x, const at::Tensor& weight_x, const s
                         const at::Tensor& weight_h, const std::optional<at::Tensor>& bias_h, const at::Tensor& h0);
 
 // Returns (h, c, gates), each (T, B, ·, H, W); gates (T, B, 4C, H, W) are kept for backward. Without save_gates
-// the gates are written over the projection buffer and the returned one is undefined.
+// none are kept and the returned one is undefined.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_forward_impl(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& h0,
     const at::Tensor& c0, bool save_gates, const LstmStepKernels& kernels);

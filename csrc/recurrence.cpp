@@ -38,10 +38,10 @@ bool im2col_is_faster(const Tensor& input, const Tensor& weight) {
 
 }  // namespace
 
-Tensor same_conv(const Tensor& input, const Tensor& weight) {
+Tensor same_conv(const Tensor& input, const Tensor& weight, const Tensor& bias) {
   const int64_t k = weight.size(-1), p = k / 2;
-  if (im2col_is_faster(input, weight)) return at::thnn_conv2d(input, weight, {k, k}, {}, {1, 1}, {p, p});
-  return at::conv2d(input, weight, {}, 1, p);
+  if (im2col_is_faster(input, weight)) return at::thnn_conv2d(input, weight, {k, k}, bias, {1, 1}, {p, p});
+  return at::conv2d(input, weight, bias, 1, p);
 }
 
 std::tuple<Tensor, Tensor, Tensor> conv_backward(const Tensor& grad, const Tensor& input, const Tensor& weight,
@@ -67,6 +67,25 @@ int64_t chunk_steps(int64_t chunk_elements, int64_t T, int64_t B, int64_t elemen
           ? total
           : std::clamp<int64_t>(chunk_elements / std::max<int64_t>(1, elements_per_image), 1, std::max<int64_t>(1, total));
   return std::max<int64_t>(1, images / std::max<int64_t>(1, B));
+}
+
+bool one_step_per_chunk(int64_t chunk_elements, int64_t B, int64_t elements_per_image) {
+  return chunk_elements > 0 && chunk_elements / std::max<int64_t>(1, elements_per_image) < 2 * B;
+}
+
+StepConcat::StepConcat(const Tensor& x, int64_t C)
+    : x_(x),
+      buffer_(at::empty({x.size(1), x.size(2) + C, x.size(3), x.size(4)}, x.options())),
+      C_in_(x.size(2)) {}
+
+const Tensor& StepConcat::fill_x(int64_t t) {
+  buffer_.narrow(1, 0, C_in_).copy_(x_[t]);
+  return buffer_;
+}
+
+const Tensor& StepConcat::fill(int64_t t, const Tensor& s) {
+  state().copy_(s);
+  return fill_x(t);
 }
 
 void project_forward(const Tensor& x, const Tensor& w_in, const Tensor& bias, int64_t chunk_elements,

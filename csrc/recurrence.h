@@ -21,8 +21,8 @@ at::Tensor crop_kernel(const at::Tensor& g, int64_t k);
 // The gradient of a stride-1 "same" convolution with respect to its input is the same convolution with the
 // kernel flipped spatially and its channel axes swapped.
 at::Tensor transpose_kernel(const at::Tensor& w);
-// Stride-1 "same" convolution without bias.
-at::Tensor same_conv(const at::Tensor& input, const at::Tensor& weight);
+// Stride-1 "same" convolution, plus `bias` (C_out,) in the same pass when it is defined.
+at::Tensor same_conv(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias = {});
 // Gradients of a stride-1 "same" convolution (with bias) for the outputs selected by mask.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(const at::Tensor& grad, const at::Tensor& input,
                                                              const at::Tensor& weight, std::array<bool, 3> mask);
@@ -35,6 +35,29 @@ void accumulate(at::Tensor& total, const at::Tensor& part);
 // Time steps per chunk for a projection whose images hold `elements_per_image` elements (input plus output
 // channels times pixels); `chunk_elements` <= 0 means all T steps at once.
 int64_t chunk_steps(int64_t chunk_elements, int64_t T, int64_t B, int64_t elements_per_image);
+
+// True when a single step's projection already fills a chunk (chunk_elements > 0 and two steps' images exceed
+// it): the projections then gain nothing from batching over time, and a cell runs each step's input and
+// recurrent convolutions as one convolution of cat[x_t, s_{t-1}] (StepConcat), the per-step loop's formulation:
+// one call instead of two per step forward, and in backward one convolution_backward per step instead of three.
+bool one_step_per_chunk(int64_t chunk_elements, int64_t B, int64_t elements_per_image);
+
+// The (B, C_in + C, H, W) buffer cat[x_t, s] for x (T, B, C_in, H, W), reused from step to step: fill(t, s)
+// copies both parts; fill_x(t) only x_t, for a kernel that writes s straight into state(). `grad_x` and
+// `grad_state` take a gradient of it apart.
+class StepConcat {
+ public:
+  StepConcat(const at::Tensor& x, int64_t C);
+  const at::Tensor& fill(int64_t t, const at::Tensor& s);
+  const at::Tensor& fill_x(int64_t t);
+  at::Tensor state() const { return buffer_.narrow(1, C_in_, buffer_.size(1) - C_in_); }
+  at::Tensor grad_x(const at::Tensor& grad) const { return grad.narrow(1, 0, C_in_); }
+  at::Tensor grad_state(const at::Tensor& grad) const { return grad.narrow(1, C_in_, grad.size(1) - C_in_); }
+
+ private:
+  at::Tensor x_, buffer_;
+  int64_t C_in_;
+};
 
 // Forward: P = conv(x, w_in) + bias for a chunk of steps at a time, (n, B, Cp, H, W) contiguous, handed to
 // chunk(t0, n, P) in time order. x is (T, B, C_in, H, W); w_in (Cp, C_in, k, k); bias (Cp,).

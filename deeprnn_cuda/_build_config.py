@@ -29,6 +29,8 @@ SEARCH_ROOTS = ("/usr/local/cuda", "/usr/local/cuda-*")
 """The usual install places, tried after the environment and ``nvcc`` on ``PATH``."""
 
 AVX2_FLAGS = ("-mavx2", "-mfma")
+AVX512_FLAGS = AVX2_FLAGS + ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq")
+"""ATen's 512-bit ``Vectorized`` needs these four AVX-512 subsets (csrc/cpu/epilogue.h picks it by them)."""
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 _NVCC_TIMEOUT_S = 30
@@ -197,26 +199,33 @@ class SimdDecision:
     reason: str
 
     def line(self) -> str:
-        kind = "AVX2+FMA" if self.flags else "portable (no AVX2 flags)"
+        if "-mavx512f" in self.flags:
+            kind = "AVX-512+AVX2+FMA"
+        else:
+            kind = "AVX2+FMA" if self.flags else "portable (no AVX2 flags)"
         return f"CPU kernels {kind}: {self.reason}"
 
 
-def cpu_has_avx2(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU advertises AVX2 and FMA (Linux ``/proc/cpuinfo``; False where it cannot tell)."""
+def cpu_simd_level(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """What this CPU advertises (Linux ``/proc/cpuinfo``): ``"avx512"`` (AVX2, FMA and AVX-512 F, BW, VL, DQ),
+    ``"avx2"`` (AVX2 and FMA) or ``""`` (neither, or it cannot tell)."""
     try:
         with open(cpuinfo) as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
     except OSError:
-        return False
-    return "avx2" in flags and "fma" in flags
+        return ""
+    if not {"avx2", "fma"} <= flags:
+        return ""
+    return "avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags else "avx2"
 
 
-def decide_cpu_simd(env: Mapping[str, str], for_this_host: bool, machine: str, host_avx2: bool) -> SimdDecision:
-    """AVX2+FMA flags for the CPU kernels only where the binary cannot reach another CPU.
+def decide_cpu_simd(env: Mapping[str, str], for_this_host: bool, machine: str, host_level: str) -> SimdDecision:
+    """SIMD flags for the CPU kernels only where the binary cannot reach another CPU.
 
     ``for_this_host`` is an in-place or editable build, whose library stays in the source tree of the machine
-    that built it. A wheel (``pip wheel``, ``python -m build``, and ``pip install .``, which builds a wheel
-    that pip may cache and reuse) gets portable code unless ``DEEPRNN_CPU_SIMD=1`` says its CPUs have AVX2;
+    that built it: it gets the best the host has (``host_level``, :func:`cpu_simd_level`: AVX-512 or AVX2+FMA).
+    A wheel (``pip wheel``, ``python -m build``, and ``pip install .``, which builds a wheel that pip may cache
+    and reuse) gets portable code unless ``DEEPRNN_CPU_SIMD=1`` says its CPUs have AVX2 (then AVX2+FMA);
     ``DEEPRNN_CPU_SIMD=0`` turns the flags off everywhere.
     """
     x86 = machine.lower() in ("x86_64", "amd64")
@@ -230,7 +239,9 @@ def decide_cpu_simd(env: Mapping[str, str], for_this_host: bool, machine: str, h
         return SimdDecision((), f"a wheel may run on any x86-64 CPU (set {CPU_SIMD}=1 to build for AVX2 CPUs)"
                             if x86 else f"{machine} build")
     here = "in-place or editable build for this host"
-    if x86 and host_avx2:
+    if x86 and host_level == "avx512":
+        return SimdDecision(AVX512_FLAGS, f"{here}, which has AVX-512 (F, BW, VL, DQ), AVX2 and FMA")
+    if x86 and host_level == "avx2":
         return SimdDecision(AVX2_FLAGS, f"{here}, which has AVX2 and FMA")
     return SimdDecision((), f"{here}, which lacks AVX2/FMA" if x86 else f"{machine} build")
 

@@ -35,7 +35,7 @@ VIDEO_TASK = "video-prediction"
 """``deeprnn train --task video-prediction``: a deep video predictor on moving digits (observe 10, predict 20)."""
 
 # Options of ``train`` that the video-prediction run does not take (it has no clips, TD schedule or devices).
-_VIDEO_UNUSED = ("data_dir", "budget_minutes", "max_steps", "model",
+_VIDEO_UNUSED = ("data_dir", "budget_minutes", "max_steps", "ssim_weight", "model",
                  "frames", "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "td_schedule",
                  "kernel_size", "shortcut_every", "lr_schedule", "grad_clip", "device", "resume")
 
@@ -63,7 +63,7 @@ ACTION_TASK = "action"
 # Options of ``train`` that the action run does not take.
 _ACTION_UNUSED = ("layers", "kernel_size", "shortcut_every", "train_size", "test_size", "lr_schedule", "grad_clip",
                   "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "device", "resume",
-                  "budget_minutes", "max_steps")
+                  "budget_minutes", "max_steps", "ssim_weight")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,6 +112,8 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
                                           "(default for moving-fmnist: /usr/share/datasets/fashion-mnist)")
         p.add_argument("--budget-minutes", type=float, help="moving-(f)mnist: training wall-clock budget (default 10)")
         p.add_argument("--max-steps", type=int, help="moving-(f)mnist: stop after this many steps (default: budget only)")
+        p.add_argument("--ssim-weight", type=float,
+                       help="moving-(f)mnist: weight of the 1 - SSIM loss term beside the cross entropy (default 3, 0: off)")
         p.add_argument("--model", choices=("standalone", "backbone"),
                        help="action: StandaloneDeepCBM or BackboneDeepCBM (default backbone)")
 
@@ -227,7 +229,7 @@ def _train_moving_mnist(args: argparse.Namespace) -> int:
         raise ConfigError("--data-dir", "is required for --task moving-mnist: a folder holding MNIST's IDX files")
     cell = args.cell or "cbm"
     given = {k: getattr(args, k) for k in ("layers", "hidden", "kernel_size", "shortcut_every", "batch_size", "lr",
-                                           "test_size", "seed", "backend", "data_dir", "max_steps")}
+                                           "test_size", "seed", "backend", "data_dir", "max_steps", "ssim_weight")}
     options = {**_MNIST_CELL_DEFAULTS[cell], **{k: v for k, v in given.items() if v is not None}}
     if args.budget_minutes is not None:
         options["budget_s"] = args.budget_minutes * 60
@@ -240,6 +242,8 @@ def _train_moving_mnist(args: argparse.Namespace) -> int:
         raise ConfigError("--budget-minutes", f"must be > 0, got {args.budget_minutes}")
     if not cfg.lr > 0:
         raise ConfigError("--lr", f"must be > 0, got {cfg.lr}")
+    if not cfg.ssim_weight >= 0:
+        raise ConfigError("--ssim-weight", f"must be >= 0, got {cfg.ssim_weight}")
     if cfg.kernel_size < 1 or cfg.kernel_size % 2 == 0:
         raise ConfigError("--kernel-size", f"must be an odd number >= 1, got {cfg.kernel_size}")
     try:
@@ -291,7 +295,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_moving_mnist(args)
     if args.task == ACTION_TASK:
         return _train_action(args)
-    for name in ("data_dir", "budget_minutes", "max_steps", "model"):
+    for name in ("data_dir", "budget_minutes", "max_steps", "ssim_weight", "model"):
         if getattr(args, name) is not None:
             raise ConfigError(f"--{name.replace('_', '-')}", "is not an option of this task")
 

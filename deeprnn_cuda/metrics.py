@@ -55,36 +55,41 @@ def ssim(
     k2: float = 0.03,
     window: str = "gaussian",
     sample_covariance: bool = False,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """Structural similarity (Wang et al., 2004) per image (float64), averaged over channels and valid windows.
+    """Structural similarity (Wang et al., 2004) per image, averaged over channels and valid windows.
 
     Local statistics use an ``window_size`` Gaussian window with std ``sigma`` (``window="gaussian"``, the
     paper's) or a flat ``window_size x window_size`` box (``"uniform"``, scikit-image's default), with no
     padding (only windows inside the image count), ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2`` with
     ``L = data_range``: the standard constants. ``sample_covariance`` scales the local (co)variances by
     ``n / (n - 1)`` for a window of ``n`` pixels, as scikit-image does by default. Images must be at least
-    ``window_size`` pixels on each side.
+    ``window_size`` pixels on each side. Computed and returned in ``dtype``: float64 (the default) matches
+    scikit-image to 1e-10; float32 is the cheap, differentiable one a training loss wants.
     """
     _check_pair(pred, target, data_range)
     if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1 or window_size % 2 == 0:
         raise ValueError(f"window_size must be an odd positive int, got {window_size!r}")
     if window not in SSIM_WINDOWS:
         raise ValueError(f"window must be one of {list(SSIM_WINDOWS)}, got {window!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     H, W = pred.shape[-2:]
     if H < window_size or W < window_size:
         raise ValueError(f"pred must be at least window_size={window_size} pixels on each side, got {H}x{W}")
     lead, C = pred.shape[:-3], pred.shape[-3]
-    x = pred.double().reshape(-1, 1, H, W)
-    y = target.double().reshape(-1, 1, H, W)
+    x = pred.to(dtype).reshape(-1, 1, H, W)
+    y = target.to(dtype).reshape(-1, 1, H, W)
+    scale = window_size ** 2 / (window_size ** 2 - 1) if sample_covariance and window_size > 1 else 1.0
+    # Separable filters (a box is a pooling): on the CPU several times cheaper than one 2-D convolution.
     if window == "gaussian":
         g = _gaussian_window(window_size, sigma, x.dtype, x.device)
-    else:
-        g = torch.full((window_size,), 1.0 / window_size, dtype=x.dtype, device=x.device)
-    weights = (g[:, None] * g[None, :]).view(1, 1, window_size, window_size)
-    scale = window_size ** 2 / (window_size ** 2 - 1) if sample_covariance and window_size > 1 else 1.0
 
-    def blur(z: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(z, weights)
+        def blur(z: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(F.conv2d(z, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+    else:
+        def blur(z: torch.Tensor) -> torch.Tensor:
+            return F.avg_pool2d(z, window_size, stride=1)
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = scale * (blur(x * x) - mu_x ** 2)

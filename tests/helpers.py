@@ -53,6 +53,13 @@ def cpu_conv_chunk_elements(elements: int) -> Iterator[None]:
         torch.ops.deeprnn._set_cpu_conv_chunk_elements(previous)
 
 
+def count_ops(fn, name: str) -> int:
+    """How many times the aten op ``name`` ran inside ``fn()`` (from the profiler's trace)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name == name)
+
+
 @contextlib.contextmanager
 def fresh_autotune() -> Iterator[None]:
     """Autotuning on around an empty cache; afterwards the cache is emptied and the setting restored."""

@@ -170,34 +170,44 @@ def test_this_machines_wrapper_layout(tmp_path):
     assert os.path.isfile(os.path.join(d.home, "include", "cuda_runtime.h"))
 
 
-@pytest.mark.parametrize("env, for_host, machine, avx2, flags, says", [
-    ({}, True, "x86_64", True, bc.AVX2_FLAGS, "in-place or editable build for this host, which has"),
-    ({}, True, "x86_64", False, (), "lacks AVX2"),
-    ({}, False, "x86_64", True, (), "a wheel may run on any x86-64 CPU"),
-    ({"DEEPRNN_CPU_SIMD": "1"}, False, "x86_64", False, bc.AVX2_FLAGS, "DEEPRNN_CPU_SIMD=1"),
-    ({"DEEPRNN_CPU_SIMD": "0"}, True, "x86_64", True, (), "DEEPRNN_CPU_SIMD=0"),
-    ({"DEEPRNN_CPU_SIMD": ""}, True, "AMD64", True, bc.AVX2_FLAGS, "in-place"),
-    ({}, True, "aarch64", False, (), "aarch64 build"),
+@pytest.mark.parametrize("env, for_host, machine, level, flags, says", [
+    ({}, True, "x86_64", "avx2", bc.AVX2_FLAGS, "CPU kernels AVX2+FMA: in-place or editable build for this host, which has"),
+    ({}, True, "x86_64", "avx512", bc.AVX512_FLAGS, "CPU kernels AVX-512+AVX2+FMA: in-place or editable build"),
+    ({}, True, "x86_64", "", (), "lacks AVX2"),
+    ({}, False, "x86_64", "avx512", (), "a wheel may run on any x86-64 CPU"),
+    ({"DEEPRNN_CPU_SIMD": "1"}, False, "x86_64", "", bc.AVX2_FLAGS, "DEEPRNN_CPU_SIMD=1"),
+    ({"DEEPRNN_CPU_SIMD": "1"}, True, "x86_64", "avx512", bc.AVX2_FLAGS, "DEEPRNN_CPU_SIMD=1"),
+    ({"DEEPRNN_CPU_SIMD": "0"}, True, "x86_64", "avx512", (), "DEEPRNN_CPU_SIMD=0"),
+    ({"DEEPRNN_CPU_SIMD": ""}, True, "AMD64", "avx2", bc.AVX2_FLAGS, "in-place"),
+    ({}, True, "aarch64", "", (), "aarch64 build"),
 ])
-def test_cpu_simd_flags_only_where_the_binary_stays_on_its_host(env, for_host, machine, avx2, flags, says):
-    d = bc.decide_cpu_simd(env, for_host, machine, avx2)
+def test_cpu_simd_flags_only_where_the_binary_stays_on_its_host(env, for_host, machine, level, flags, says):
+    d = bc.decide_cpu_simd(env, for_host, machine, level)
     assert d.flags == flags and says in d.line()
 
 
 def test_cpu_simd_errors():
     with pytest.raises(bc.BuildConfigError, match="aarch64"):
-        bc.decide_cpu_simd({"DEEPRNN_CPU_SIMD": "1"}, True, "aarch64", False)
+        bc.decide_cpu_simd({"DEEPRNN_CPU_SIMD": "1"}, True, "aarch64", "")
     with pytest.raises(bc.BuildConfigError, match="DEEPRNN_CPU_SIMD='avx512'"):
-        bc.decide_cpu_simd({"DEEPRNN_CPU_SIMD": "avx512"}, True, "x86_64", True)
+        bc.decide_cpu_simd({"DEEPRNN_CPU_SIMD": "avx512"}, True, "x86_64", "avx512")
 
 
-def test_cpuinfo_flags(tmp_path):
+@pytest.mark.parametrize("flags, level", [
+    ("fpu sse2 avx avx2 fma", "avx2"),
+    ("fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512dq avx512cd", "avx512"),
+    ("fpu sse2 avx avx2 fma avx512f avx512cd", "avx2"),  # no BW/VL/DQ: ATen's 512-bit vectors need them
+    ("fpu sse2 avx avx512f avx512bw avx512vl avx512dq", ""),  # no AVX2/FMA flags: trust nothing
+    ("fpu sse2 avx", ""),
+])
+def test_cpuinfo_flags(tmp_path, flags, level):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
-    assert bc.cpu_has_avx2(str(info))
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx\n")
-    assert not bc.cpu_has_avx2(str(info))
-    assert not bc.cpu_has_avx2(str(tmp_path / "missing"))
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert bc.cpu_simd_level(str(info)) == level
+
+
+def test_cpuinfo_missing(tmp_path):
+    assert bc.cpu_simd_level(str(tmp_path / "missing")) == ""
 
 
 def test_build_info_header_is_a_c_string_of_the_json(tmp_path):

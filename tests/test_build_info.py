@@ -24,7 +24,7 @@ def test_the_record_matches_the_compiled_extension():
     assert set(info) == {"cuda_compiled", "cuda", "cpu"}
     assert info["cuda_compiled"] == _native.cuda_compiled()
     assert info["cuda"].startswith("CUDA kernels compiled" if info["cuda_compiled"] else "CUDA kernels not compiled: ")
-    assert info["cpu"].startswith(("CPU kernels AVX2+FMA: ", "CPU kernels portable"))
+    assert info["cpu"].startswith(("CPU kernels AVX2+FMA: ", "CPU kernels AVX-512+AVX2+FMA: ", "CPU kernels portable"))
 
 
 def test_info_shows_why_cuda_kernels_are_missing_or_which_toolkit_built_them():

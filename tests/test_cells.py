@@ -72,7 +72,8 @@ def test_convgru_kernel_sizes_may_differ():
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("loss_on", ["all", "h"])
 def test_chunked_and_multithreaded_match_reference(cell, loss_on):
-    """Large enough for the CPU driver to split the projection into chunks of steps (2^18 elements each) and for
+    """Large enough for the CPU driver's default chunk (2^18 elements) to hold two ConvGRU steps (chunks of
+    steps) and not two ConvLSTM ones (its per-step concatenated form, tests/test_cell_chunks.py), and for
     the epilogues to cut every step into pieces run on two threads (12800 elements per batch entry: six whole
     pieces of 2048 and a short seventh), across chunk, batch and piece boundaries. With the loss on h only, the
     c gradient reaches the kernels as a broadcast zero, read at every piece's offset."""

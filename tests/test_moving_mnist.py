@@ -13,6 +13,7 @@ from deeprnn_cuda.cli import main
 from deeprnn_cuda.data.idx import FASHION_MNIST_DIR, MissingDataError, find_images, read_idx
 from deeprnn_cuda.data.moving_mnist import MovingMNIST
 from deeprnn_cuda.metrics import openstl_frame_metrics, psnr, ssim
+from deeprnn_cuda.models.moving_mnist_task import prediction_loss
 from deeprnn_cuda.models.patch_predictor import PatchRecurrentPredictor
 
 FASHION = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
@@ -132,6 +133,41 @@ def test_openstl_metrics_match_scikit_image_and_numpy():
                 skm.peak_signal_noise_ratio(t[b, f], clipped[b, f], data_range=1.0), rel=1e-10)
 
 
+@pytest.mark.parametrize("window", ["uniform", "gaussian"])
+def test_float32_ssim_matches_float64_and_has_gradients(window):
+    pred, true = _pair(seed=3)
+    pred = pred.clamp(0, 1)
+    want = ssim(pred, true, window=window)
+    x = pred.float().requires_grad_()
+    got = ssim(x, true.float(), window=window, dtype=torch.float32)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=0)
+    got.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_ssim_rejects_other_dtypes():
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+        ssim(torch.zeros(1, 16, 16), torch.zeros(1, 16, 16), dtype=torch.float16)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.7])
+def test_prediction_loss_is_cross_entropy_plus_weighted_one_minus_ssim_of_predicted_frames(weight):
+    skm = pytest.importorskip("skimage.metrics", reason="scikit-image (a test dependency) is not installed")
+    g = torch.Generator().manual_seed(4)
+    video = (torch.rand(2, 5, 1, 16, 16, generator=g) > 0.6).float()
+    logits = 3 * torch.randn(2, 4, 1, 16, 16, generator=g)
+    observe = 3
+    got = prediction_loss(logits, video, observe, weight).item()
+    # Independent side: the cross entropy written out, scikit-image's SSIM per predicted frame (frames 3, 4).
+    p = torch.sigmoid(logits.double())
+    t = video[:, 1:].double()
+    bce = -(t * torch.log(p) + (1 - t) * torch.log1p(-p)).mean().item()
+    frames = [skm.structural_similarity(p[b, f, 0].numpy(), t[b, f, 0].numpy(), data_range=2.0)
+              for b in range(2) for f in range(observe - 1, 4)]
+    assert got == pytest.approx(bce + weight * (1 - float(np.mean(frames))), abs=1e-5)
+
+
 def test_gaussian_ssim_matches_scikit_image_in_wangs_setting():
     skm = pytest.importorskip("skimage.metrics", reason="scikit-image (a test dependency) is not installed")
     pred, true = _pair(seed=1, shape=(2, 1, 32, 40))
@@ -230,6 +266,9 @@ def test_moving_fmnist_trains_a_few_steps_on_the_real_images(tmp_path, capsys):
     (["--task", "moving-fmnist", "--epochs", "3"], "--epochs: is not an option of --task moving-fmnist"),
     (["--task", "moving-fmnist", "--budget-minutes", "0"], "--budget-minutes: must be > 0"),
     (["--task", "moving-shapes", "--budget-minutes", "1"], "--budget-minutes: is not an option of this task"),
+    (["--task", "moving-fmnist", "--ssim-weight", "-1"], "--ssim-weight: must be >= 0"),
+    (["--task", "moving-shapes", "--ssim-weight", "1"], "--ssim-weight: is not an option of this task"),
+    (["--task", "video-prediction", "--ssim-weight", "1"], "--ssim-weight: is not an option of"),
 ])
 def test_moving_mnist_cli_errors_exit_2_with_one_line(tmp_path, capsys, args, message):
     code, _, err = _run_cli(capsys, *args, "--out", str(tmp_path / "x"))

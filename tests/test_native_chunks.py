@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from deeprnn_cuda import cbm_layer
-from helpers import assert_close_rel, cpu_conv_chunk_elements, make_inputs
+from helpers import assert_close_rel, count_ops, cpu_conv_chunk_elements, make_inputs
 from test_functional import ACT_R, ACT_T, MERGE, TD, make_td, run_with_grads
 
 NAMES = ["o", "c", "dx", "dweight_r", "dbias_r", "dweight_t", "dbias_t", "dc0"]
@@ -62,13 +62,6 @@ def test_odd_batch_and_no_c0(chunk_elements):
     inputs = make_inputs(**shape, seed=23)
     inputs["c0"] = None
     assert_matches_reference(inputs, "sample", chunk_elements)
-
-
-def count_ops(fn, name: str) -> int:
-    """How many times the aten op ``name`` ran inside ``fn()`` (from the profiler's trace)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return sum(1 for e in prof.events() if e.name == name)
 
 
 @pytest.mark.parametrize("steps", sorted(CHUNKINGS))

@@ -29,6 +29,18 @@ void fused(const std::array<Tensor, N>& operands, int num_outputs, Body body) {
 void lstm_forward(const Tensor& p, const Tensor& rec, const Tensor& c_prev, const Tensor& gates, const Tensor& c,
                   const Tensor& h) {
   const int64_t C = c.size(1);
+  if (!gates.defined()) {  // inference: c and h only, a quarter of the stores
+    // 0 c | 1 h | 2-5 p | 6-9 rec | 10 c_prev
+    fused<11>({c, h, gate(p, 0, C), gate(p, 1, C), gate(p, 2, C), gate(p, 3, C), gate(rec, 0, C), gate(rec, 1, C),
+               gate(rec, 2, C), gate(rec, 3, C), c_prev},
+              2, [](auto load, auto store) {
+                const auto i = sigmoid_(load(2) + load(6)), f = sigmoid_(load(3) + load(7));
+                const auto o = sigmoid_(load(4) + load(8)), g = tanh_(load(5) + load(9));
+                const auto cv = f * load(10) + i * g;
+                store(0, cv), store(1, o * tanh_(cv));
+              });
+    return;
+  }
   // 0-3 gates i, f, o, g | 4 c | 5 h | 6-9 p | 10-13 rec | 14 c_prev
   fused<15>({gate(gates, 0, C), gate(gates, 1, C), gate(gates, 2, C), gate(gates, 3, C), c, h, gate(p, 0, C),
              gate(p, 1, C), gate(p, 2, C), gate(p, 3, C), gate(rec, 0, C), gate(rec, 1, C), gate(rec, 2, C),

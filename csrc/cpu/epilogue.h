@@ -2,10 +2,14 @@
 // once for scalars and SIMD vectors, and the row walker that runs a fused pass over one step's operands.
 #pragma once
 
-// ATen's Vectorized<T> is compiled for the instruction set named by CPU_CAPABILITY: AVX2+FMA when this file
-// is built with them (setup.py enables them on hosts that have them), else ATen's portable implementation.
+// ATen's Vectorized<T> is compiled for the instruction set named by CPU_CAPABILITY: AVX-512 or AVX2+FMA when
+// this file is built with them (setup.py enables the best a host has in builds for that host), else ATen's
+// portable implementation.
 #if !defined(CPU_CAPABILITY)
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512DQ__) && defined(__FMA__)
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#elif defined(__AVX2__) && defined(__FMA__)
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #else

@@ -64,8 +64,9 @@ void launch(ck::CellEpilogue epilogue, std::initializer_list<Tensor> operands, i
 void lstm_forward(const Tensor& p, const Tensor& rec, const Tensor& c_prev, const Tensor& gates, const Tensor& c,
                   const Tensor& h) {
   const int64_t C = c.size(1);
+  const Tensor& g = gates.defined() ? gates : p;  // inference: the gates go over the projection
   launch(ck::CellEpilogue::kLstmForward,
-         {gate(gates, 0, C), gate(gates, 1, C), gate(gates, 2, C), gate(gates, 3, C), c, h, gate(p, 0, C),
+         {gate(g, 0, C), gate(g, 1, C), gate(g, 2, C), gate(g, 3, C), c, h, gate(p, 0, C),
           gate(p, 1, C), gate(p, 2, C), gate(p, 3, C), gate(rec, 0, C), gate(rec, 1, C), gate(rec, 2, C),
           gate(rec, 3, C), c_prev},
          6);
