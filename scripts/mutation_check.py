@@ -50,6 +50,7 @@ TRAINING = ("tests/test_training.py",)
 CLI = ("tests/test_cli_options.py", "tests/test_cli.py", "-k", "not torchrun and not demo and not video")
 TD = ("tests/test_modules.py", "-k", "td")
 CHUNKS = ("tests/test_native_chunks.py",)
+CELL_CHUNKS = ("tests/test_cell_chunks.py",)
 NATIVE = ("tests/test_functional.py", "-k", "not triton and not compile and not opcheck")
 
 MUTANTS: List[Mutant] = [
@@ -114,6 +115,15 @@ MUTANTS: List[Mutant] = [
            "at::conv2d(x_c.narrow(0, 0, n)", CHUNKS, "wrong index: every chunk projects the first chunk's frames"),
     Mutant("epilogue-merge-swapped", "csrc/cpu/cbm_cpu.cpp", "(MERGE == kMergeMul ? g * cv : g) * act_r_grad",
            "(MERGE == kMergeMul ? g * rv : g) * act_r_grad", NATIVE, "swapped arguments: dmerge/dr uses r, not c"),
+    Mutant("concat-fill-stale-x", "csrc/recurrence.cpp", "buffer_.narrow(1, 0, C_in_).copy_(x_[t]);",
+           "buffer_.narrow(1, 0, C_in_).copy_(x_[0]);", CELL_CHUNKS, "wrong index: every step convolves x_0"),
+    Mutant("gru-concat-rh-with-z", "csrc/cell_recurrence.cpp", "at::mul_out(rh, gates[t].narrow(1, C, C), h_prev);",
+           "at::mul_out(rh, gates[t].narrow(1, 0, C), h_prev);", CELL_CHUNKS,
+           "wrong gate: backward recomputes z * h_{t-1} for the n convolution"),
+    Mutant("gru-concat-dx-one-path", "csrc/cell_recurrence.cpp", "at::add_out(dx, xh.grad_x(d_xh), xrh.grad_x(d_xrh));",
+           "dx.copy_(xh.grad_x(d_xh));", CELL_CHUNKS, "x's gradient misses the n convolution's part"),
+    Mutant("lstm-concat-dh-dropped", "csrc/cell_recurrence.cpp", "      dh_next = xh.grad_state(d_xh);\n",
+           "      dh_next = at::zeros_like(dh_next);\n", CELL_CHUNKS, "the recurrent gradient is not carried back"),
 ]
 
 
