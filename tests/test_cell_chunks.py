@@ -94,3 +94,17 @@ def test_chunk_setting_picks_the_form(cell, steps):
         assert (convs, backward_convs, backward_calls) == (per_step * T, 0, per_step * T)
     else:
         assert convs == chunks + per_step * T and backward_convs == per_step * T and backward_calls > chunks
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_concat_low_precision_against_float64_reference(cell, dtype):
+    """float32 takes the im2col convolution and the SIMD epilogues, bfloat16 the scalar ones, both reading the
+    broadcast zero operand of this form."""
+    inputs = make_cell_inputs(cell, T=4, B=2, C_in=3, C=4, H=6, W=5, dtype=dtype, seed=37)
+    ref_inputs = {k: (v.detach().double().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    with cpu_conv_chunk_elements(1):
+        got = run_with_grads(cell, inputs, "native")
+    for n, a, b in zip(names(cell, inputs), got, run_with_grads(cell, ref_inputs, "reference")):
+        assert a.dtype == dtype, n
+        assert_close_rel(a, b, dtype, f"{cell} {n} {dtype}")
