@@ -5,6 +5,8 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../cells.h"
 #include "conv_chunk.h"
 
@@ -29,28 +31,27 @@ void fused(const std::array<Tensor, N>& operands, int num_outputs, Body body) {
 void lstm_forward(const Tensor& p, const Tensor& rec, const Tensor& c_prev, const Tensor& gates, const Tensor& c,
                   const Tensor& h) {
   const int64_t C = c.size(1);
-  if (!gates.defined()) {  // inference: c and h only, a quarter of the stores
-    // 0 c | 1 h | 2-5 p | 6-9 rec | 10 c_prev
+  // Operands (after the gates i, f, o, g when they are stored, at 0-3): c | h | p i, f, o, g | rec i, f, o, g | c_prev
+  const auto body = [](auto kGatesSlots) {
+    constexpr int k = decltype(kGatesSlots)::value;
+    return [](auto load, auto store) {
+      const auto i = sigmoid_(load(k + 2) + load(k + 6)), f = sigmoid_(load(k + 3) + load(k + 7));
+      const auto o = sigmoid_(load(k + 4) + load(k + 8)), g = tanh_(load(k + 5) + load(k + 9));
+      const auto cv = f * load(k + 10) + i * g;
+      if constexpr (k > 0) store(0, i), store(1, f), store(2, o), store(3, g);
+      store(k, cv), store(k + 1, o * tanh_(cv));
+    };
+  };
+  if (!gates.defined()) {  // inference: c and h only
     fused<11>({c, h, gate(p, 0, C), gate(p, 1, C), gate(p, 2, C), gate(p, 3, C), gate(rec, 0, C), gate(rec, 1, C),
                gate(rec, 2, C), gate(rec, 3, C), c_prev},
-              2, [](auto load, auto store) {
-                const auto i = sigmoid_(load(2) + load(6)), f = sigmoid_(load(3) + load(7));
-                const auto o = sigmoid_(load(4) + load(8)), g = tanh_(load(5) + load(9));
-                const auto cv = f * load(10) + i * g;
-                store(0, cv), store(1, o * tanh_(cv));
-              });
+              2, body(std::integral_constant<int, 0>{}));
     return;
   }
-  // 0-3 gates i, f, o, g | 4 c | 5 h | 6-9 p | 10-13 rec | 14 c_prev
   fused<15>({gate(gates, 0, C), gate(gates, 1, C), gate(gates, 2, C), gate(gates, 3, C), c, h, gate(p, 0, C),
              gate(p, 1, C), gate(p, 2, C), gate(p, 3, C), gate(rec, 0, C), gate(rec, 1, C), gate(rec, 2, C),
              gate(rec, 3, C), c_prev},
-            6, [](auto load, auto store) {
-              const auto i = sigmoid_(load(6) + load(10)), f = sigmoid_(load(7) + load(11));
-              const auto o = sigmoid_(load(8) + load(12)), g = tanh_(load(9) + load(13));
-              const auto cv = f * load(14) + i * g;
-              store(0, i), store(1, f), store(2, o), store(3, g), store(4, cv), store(5, o * tanh_(cv));
-            });
+            6, body(std::integral_constant<int, 4>{}));
 }
 
 void lstm_backward(const Tensor& grad_h, const Tensor& grad_c, const Tensor& dh_next, const Tensor& dc_next,
