@@ -34,8 +34,11 @@ DEMO = {
 VIDEO_TASK = "video-prediction"
 """``deeprnn train --task video-prediction``: a deep video predictor on moving digits (observe 10, predict 20)."""
 
+# Options of ``train`` that only the Moving-MNIST runs take (every other task refuses them).
+_MNIST_ONLY = ("budget_minutes", "max_steps", "ssim_weight")
+
 # Options of ``train`` that the video-prediction run does not take (it has no clips, TD schedule or devices).
-_VIDEO_UNUSED = ("data_dir", "budget_minutes", "max_steps", "ssim_weight", "model",
+_VIDEO_UNUSED = ("data_dir", *_MNIST_ONLY, "model",
                  "frames", "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "td_schedule",
                  "kernel_size", "shortcut_every", "lr_schedule", "grad_clip", "device", "resume")
 
@@ -63,7 +66,7 @@ ACTION_TASK = "action"
 # Options of ``train`` that the action run does not take.
 _ACTION_UNUSED = ("layers", "kernel_size", "shortcut_every", "train_size", "test_size", "lr_schedule", "grad_clip",
                   "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "device", "resume",
-                  "budget_minutes", "max_steps", "ssim_weight")
+                  *_MNIST_ONLY)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -295,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_moving_mnist(args)
     if args.task == ACTION_TASK:
         return _train_action(args)
-    for name in ("data_dir", "budget_minutes", "max_steps", "ssim_weight", "model"):
+    for name in ("data_dir", *_MNIST_ONLY, "model"):
         if getattr(args, name) is not None:
             raise ConfigError(f"--{name.replace('_', '-')}", "is not an option of this task")
 
