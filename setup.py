@@ -4,7 +4,9 @@ The CUDA kernels are compiled when torch is a CUDA build and a usable CUDA toolk
 deeprnn_cuda/_build_config.py for where it looks and what it checks); a GPU need not be present. Otherwise the
 extension is CPU-only, and the build says why in one line. DEEPRNN_FORCE_CPU=1 skips CUDA; DEEPRNN_REQUIRE_CUDA=1
 makes a missing toolkit an error; DEEPRNN_CPU_SIMD=1/0 forces the CPU kernels' AVX2 flags on/off (by default
-only in-place and editable builds use SIMD flags: AVX-512 or AVX2, whichever the host has). `deeprnn info` shows what was decided.
+only in-place and editable builds use SIMD flags: AVX-512 or AVX2, whichever the host has). Under torch's OpenMP
+backend the CPU kernels get -fopenmp, so their epilogues run on torch's threads. `deeprnn info` shows what was
+decided.
 """
 import glob
 import importlib.util
@@ -50,12 +52,14 @@ def _cpu_sources() -> list:
     return _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
 
 
-def _extension(cuda, simd, generated_dir: str):
-    """The extension as decided: CUDA or CPU-only, with the SIMD flags and the build-info header's folder."""
-    cxx = ["-O3", *simd.flags]  # torch picks the C++ standard its headers need
+def _extension(cuda, simd, threads, generated_dir: str):
+    """The extension as decided: CUDA or CPU-only, with the SIMD and threading flags and the build-info header's
+    folder."""
+    cxx = ["-O3", *simd.flags, *threads.flags]  # torch picks the C++ standard its headers need
+    link = list(threads.flags)
     if not cuda.use_cuda:
         return CppExtension(NAME, _cpu_sources(), include_dirs=[generated_dir], extra_compile_args={"cxx": cxx},
-                            py_limited_api=False)
+                            extra_link_args=link, py_limited_api=False)
     # torch's own guess (CUDA_HOME, else the folder above nvcc on PATH) is read at import; use the checked one.
     cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"] = cuda.home
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -63,7 +67,7 @@ def _extension(cuda, simd, generated_dir: str):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-DDEEPRNN_WITH_CUDA"]
     return CUDAExtension(NAME, _cpu_sources() + _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp"),
-                         include_dirs=[generated_dir],
+                         include_dirs=[generated_dir], extra_link_args=link,
                          extra_compile_args={"cxx": cxx + ["-DDEEPRNN_WITH_CUDA"], "nvcc": nvcc})
 
 
@@ -82,16 +86,20 @@ class BuildExt(BuildExtension):
             cuda = build_config.decide_cuda(os.environ, torch.version.cuda, getattr(torch.version, "hip", None))
             simd = build_config.decide_cpu_simd(os.environ, self._for_this_host, platform.machine(),
                                                 build_config.cpu_simd_level())
+            threads = build_config.decide_cpu_threads(
+                build_config.torch_parallel_backend(torch.__config__.parallel_info()), platform.system())
         except build_config.BuildConfigError as e:
             raise SystemExit(f"deeprnn_cuda: {e}") from None
         print(f"deeprnn_cuda: {cuda.line()}", flush=True)
         print(f"deeprnn_cuda: {simd.line()}", flush=True)
+        print(f"deeprnn_cuda: {threads.line()}", flush=True)
         generated = os.path.abspath(os.path.join(self.build_temp, "deeprnn_generated"))
         _write_if_changed(os.path.join(generated, build_config.BUILD_INFO_HEADER),
-                          build_config.build_info_header(build_config.build_info(cuda, simd)))
+                          build_config.build_info_header(build_config.build_info(cuda, simd, threads)))
         # Replace the placeholder's settings in place: build_ext has already annotated that object.
         (ext,) = self.extensions
-        vars(ext).update({k: v for k, v in vars(_extension(cuda, simd, generated)).items() if not k.startswith("_")})
+        decided = _extension(cuda, simd, threads, generated)
+        vars(ext).update({k: v for k, v in vars(decided).items() if not k.startswith("_")})
         super().build_extensions()
 
 

@@ -2,11 +2,12 @@
 // them; the kernels are registered per device in csrc/cpu/ and csrc/cuda/, fake kernels and autograd in
 // deeprnn_cuda/_native.py.
 #include <Python.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <string>
 
-// setup.py writes this header into its build folder: the toolkit and SIMD decisions, as JSON. Builds that do not
+// setup.py writes this header into its build folder: the toolkit, SIMD and threading decisions, as JSON. Builds that do not
 // (CMake) record nothing.
 #if __has_include("deeprnn_build_info.h")
 #include "deeprnn_build_info.h"
@@ -64,6 +65,16 @@ bool cuda_compiled() {
 
 std::string build_info() { return DEEPRNN_BUILD_INFO; }
 
+// Whether at::parallel_for, as compiled into this library (the CPU epilogues), can run on several threads:
+// under torch's OpenMP backend only code compiled with OpenMP gets the parallel branch (_build_config.py).
+bool cpu_kernels_parallel() {
+#ifdef INTRA_OP_PARALLEL
+  return true;
+#else
+  return false;
+#endif
+}
+
 TORCH_LIBRARY(deeprnn, m) {
   m.def(
       "cbm_forward(Tensor x, Tensor weight_r, Tensor? bias_r, Tensor weight_t, Tensor? bias_t, Tensor c0, "
@@ -97,6 +108,7 @@ TORCH_LIBRARY(deeprnn, m) {
       "Tensor grad_bias_h, Tensor grad_h0)");
   m.def("cuda_compiled() -> bool", &cuda_compiled);
   m.def("build_info() -> str", &build_info);
+  m.def("cpu_kernels_parallel() -> bool", &cpu_kernels_parallel);
   m.def("cuda_persistent_launches() -> int", &cuda_persistent_launches);
   m.def("cuda_graph_replays() -> int", &cuda_graph_replays);
   // Testing aid: the CPU driver's chunk size (csrc/cbm.h), so tiny shapes run several chunks.

@@ -1,4 +1,5 @@
-"""Build-time decisions of setup.py: which CUDA toolkit (if any) compiles the kernels, and which CPU SIMD flags.
+"""Build-time decisions of setup.py: which CUDA toolkit (if any) compiles the kernels, which CPU SIMD flags, and
+how the CPU kernels reach torch's thread pool.
 
 setup.py loads this file by path, before the package (or anything but the standard library) is importable,
 so it imports nothing else. Both decisions are functions of the environment variables, the file system and
@@ -246,13 +247,44 @@ def decide_cpu_simd(env: Mapping[str, str], for_this_host: bool, machine: str, h
     return SimdDecision((), f"{here}, which lacks AVX2/FMA" if x86 else f"{machine} build")
 
 
+@dataclass(frozen=True)
+class ThreadsDecision:
+    """The compile and link flags that let the CPU kernels' ``at::parallel_for`` use torch's threads, and why."""
+
+    flags: Tuple[str, ...]
+    parallel: bool
+    reason: str
+
+    def line(self) -> str:
+        return f"CPU epilogues {'multithreaded' if self.parallel else 'single-threaded'}: {self.reason}"
+
+
+def torch_parallel_backend(parallel_info: str) -> str:
+    """The intra-op backend named by ``torch.__config__.parallel_info()`` ("OpenMP", "native thread pool", ...);
+    ``""`` when it names none."""
+    found = re.search(r"^ATen parallel backend:\s*(.+?)\s*$", parallel_info, re.MULTILINE)
+    return found.group(1) if found else ""
+
+
+def decide_cpu_threads(backend: str, system: str) -> ThreadsDecision:
+    """``at::parallel_for`` is a header template. Under torch's OpenMP backend its parallel branch exists only in
+    code compiled with OpenMP: without ``-fopenmp`` every epilogue silently runs on one thread (measured: 2x
+    slower on 2 cores). The flag makes the library use the OpenMP runtime torch has already loaded (same soname,
+    one thread pool). Torch's native thread pool is compiled into libtorch and needs nothing."""
+    if backend != "OpenMP":
+        return ThreadsDecision((), True, f"torch's intra-op backend is {backend or 'unnamed'}, which needs no flags")
+    if system == "Darwin":
+        return ThreadsDecision((), False, "torch's OpenMP backend needs -fopenmp, which Apple clang lacks")
+    return ThreadsDecision(("-fopenmp",), True, "-fopenmp, for torch's OpenMP intra-op backend (its threads)")
+
+
 BUILD_INFO_HEADER = "deeprnn_build_info.h"
 """Generated into the build folder and included by csrc/ops.cpp, which serves it as ``deeprnn::build_info()``."""
 
 
-def build_info(cuda: CudaDecision, simd: SimdDecision) -> dict:
+def build_info(cuda: CudaDecision, simd: SimdDecision, threads: ThreadsDecision) -> dict:
     """What ``deeprnn info`` reports about the build, recorded in the extension itself."""
-    return {"cuda_compiled": cuda.use_cuda, "cuda": cuda.line(), "cpu": simd.line()}
+    return {"cuda_compiled": cuda.use_cuda, "cuda": cuda.line(), "cpu": simd.line(), "threads": threads.line()}
 
 
 def build_info_header(info: dict) -> str:

@@ -153,12 +153,13 @@ def _config(args: argparse.Namespace, base: Optional[Dict] = None):
 
 
 def _native_build_lines() -> List[str]:
-    """setup.py's recorded decisions about the compiled extension: the CUDA toolkit and the CPU SIMD flags."""
+    """setup.py's recorded decisions about the compiled extension: the CUDA toolkit, the CPU SIMD flags and
+    threading."""
     from . import _native
 
     info = _native.build_info()
     # Without CUDA kernels the native backend's status line already says why.
-    keys = ("cuda", "cpu") if info.get("cuda_compiled") else ("cpu",)
+    keys = ("cuda", "cpu", "threads") if info.get("cuda_compiled") else ("cpu", "threads")
     return [str(info[key]) for key in keys if key in info]
 
 

@@ -33,6 +33,8 @@ o, c, r = torch.ops.deeprnn.cbm_forward(x, wr, br, wt, bt, c0, None, 1, 0, 0)
 r_ref = F.conv2d(x[0], wr, br, padding=1).relu()
 c_ref = torch.sigmoid(F.conv2d(torch.cat([x[0], c0], 1), wt, bt, padding=1))
 assert torch.allclose(o[0], r_ref * c_ref) and torch.allclose(c[0], c_ref), "CMake-built op disagrees"
+if "ATen parallel backend: OpenMP" in torch.__config__.parallel_info():
+    assert torch.ops.deeprnn.cpu_kernels_parallel(), "CMake compiled the CPU epilogues without OpenMP: one thread"
 print("cmake build ok: deeprnn::cbm_forward matches the ATen formula; cuda_compiled =",
       torch.ops.deeprnn.cuda_compiled())
 PYEOF

@@ -206,6 +206,25 @@ def test_cpuinfo_flags(tmp_path, flags, level):
     assert bc.cpu_simd_level(str(info)) == level
 
 
+@pytest.mark.parametrize("backend, system, flags, parallel, says", [
+    ("OpenMP", "Linux", ("-fopenmp",), True, "CPU epilogues multithreaded: -fopenmp"),
+    ("OpenMP", "Darwin", (), False, "CPU epilogues single-threaded: torch's OpenMP backend needs -fopenmp"),
+    ("native thread pool", "Linux", (), True, "multithreaded: torch's intra-op backend is native thread pool"),
+    ("", "Linux", (), True, "is unnamed"),
+])
+def test_cpu_threads_flags_follow_torchs_parallel_backend(backend, system, flags, parallel, says):
+    d = bc.decide_cpu_threads(backend, system)
+    assert (d.flags, d.parallel) == (flags, parallel) and says in d.line()
+
+
+def test_torch_parallel_backend_is_read_from_parallel_info():
+    info = "ATen/Parallel:\n\tat::get_num_threads() : 2\nOpenMP 201511 (a.k.a. OpenMP 4.5)\n" \
+           "Environment variables:\n\tOMP_NUM_THREADS : [not set]\nATen parallel backend: OpenMP\n"
+    assert bc.torch_parallel_backend(info) == "OpenMP"
+    assert bc.torch_parallel_backend("ATen parallel backend: native thread pool  \n") == "native thread pool"
+    assert bc.torch_parallel_backend("no backend line") == ""
+
+
 def test_cpuinfo_missing(tmp_path):
     assert bc.cpu_simd_level(str(tmp_path / "missing")) == ""
 
@@ -213,10 +232,12 @@ def test_cpuinfo_missing(tmp_path):
 def test_build_info_header_is_a_c_string_of_the_json(tmp_path):
     cuda = bc.CudaDecision(None, 'CUDA_HOME="/op\\t?/é" odd')
     simd = bc.SimdDecision((), "portable")
-    info = bc.build_info(cuda, simd)
+    threads = bc.ThreadsDecision(("-fopenmp",), True, "OpenMP")
+    info = bc.build_info(cuda, simd, threads)
     header = bc.build_info_header(info)
     literal = re.search(r'^#define DEEPRNN_BUILD_INFO "(.*)"$', header, re.MULTILINE).group(1)
     assert '"' not in literal and "\\" not in re.sub(r"\\[0-7]{3}", "", literal)
     # Undo C's octal escapes independently of the writer, then read the JSON back.
     raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), literal.encode("ascii"))
-    assert json.loads(raw.decode()) == {"cuda_compiled": False, "cuda": cuda.line(), "cpu": simd.line()}
+    assert json.loads(raw.decode()) == {"cuda_compiled": False, "cuda": cuda.line(), "cpu": simd.line(),
+                                        "threads": threads.line()}

@@ -23,6 +23,7 @@ fake kernels and the Triton ops validated nothing (a direct call read out of bou
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import random
@@ -43,7 +44,7 @@ from deeprnn_cuda import _native, cbm_layer, convgru_layer, convgru_layer_ref, c
 from deeprnn_cuda import triton as triton_backend
 from deeprnn_cuda._checks import ACT_R_CODES, ACT_T_CODES, MERGE_CODES
 from deeprnn_cuda.reference import cbm_layer_ref
-from helpers import TOLERANCES, assert_close_rel, rel_err
+from helpers import TOLERANCES, assert_close_rel, cpu_conv_chunk_elements, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = float(os.environ.get("DEEPRNN_FUZZ_SCALE", "1"))
@@ -587,6 +588,20 @@ def _choose(data, call: Call, options):
     return call.picker.choice(options) if call.picker is not None else data.draw(st.sampled_from(list(options)))
 
 
+#: CPU driver chunk sizes (elements; csrc/recurrence.h): default, all steps at once, one step per chunk (the cells'
+#: per-step concatenated convolutions) and a few steps per chunk at the fuzz's small sizes.
+DRIVER_CHUNKS = (None, 0, 1, 3000)
+
+
+def _driver_chunk(data, call: Call, backend: Backend):
+    """For the native CPU backend, now one, now another of the driver's chunk sizes, so every branch of the
+    recurrence driver meets the fuzz's shapes, dtypes and mistakes."""
+    if (backend.name, backend.device) != ("native", "cpu"):
+        return contextlib.nullcontext()
+    chunk = _choose(data, call, DRIVER_CHUNKS)
+    return contextlib.nullcontext() if chunk is None else cpu_conv_chunk_elements(chunk)
+
+
 def _expect_value_error(fn, name: str) -> None:
     """``fn()`` raises a ValueError whose message has ``name`` as a word: "x" in "x's dtype", not in "expected"
     or "weight_x"."""
@@ -734,7 +749,8 @@ def test_public_api_matches_reference_or_names_the_argument(spec: OpSpec, backen
     def check(data):
         call = spec.draw(data, backend.dtypes, backend.device)
         _draw_mistake(data, call, backend.device)
-        _record("public", backend, check_public_call(spec, backend, call, lambda c: spec.run(c, backend.name)))
+        with _driver_chunk(data, call, backend):
+            _record("public", backend, check_public_call(spec, backend, call, lambda c: spec.run(c, backend.name)))
 
     check()
     _report(capsys, "public", backend, spec)

@@ -120,8 +120,10 @@ inline bool broadcast_scalar(const Tensor& t) {
 // per-batch (C, H, W) block is contiguous (every step buffer; the output gradients mostly), the step is cut into
 // pieces of kPieceElements within a batch entry, run on ATen's thread pool once the step has kParallelElements:
 // the epilogues evaluate a few exps per element, so threads pay off far below ATen's GRAIN_SIZE (32768, tuned for
-// one add), and a step of one small image still uses every core. Any other layout goes through
-// TensorIterator::for_each (for_each lives in libtorch, so this file needs no OpenMP of its own).
+// one add), and a step of one small image still uses every core. at::parallel_for is a header template: under
+// torch's OpenMP backend it is parallel only in code compiled with -fopenmp (setup.py adds it, see
+// _build_config.decide_cpu_threads; without it this was a serial loop). Any other layout goes through
+// TensorIterator::for_each, which libtorch runs on its threads.
 constexpr int64_t kPieceElements = 2048;  // a multiple of every SIMD width
 constexpr int64_t kParallelElements = 4096;
 
