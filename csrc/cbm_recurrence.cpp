@@ -89,22 +89,25 @@ void check_td_mask(const Tensor& x, const std::optional<Tensor>& td_mask) {
 namespace {
 
 // The forward of both ops; without save_r, r is written over P_r in the chunk buffer instead of a (T, B, C, H, W)
-// tensor (the persistent kernels, which want one, still get it) and the returned r is undefined.
+// tensor (the persistent kernels, which want one, still get it) and the returned r is undefined. Without
+// all_states (inference only) the returned c is the final state alone, (1, B, C, H, W).
 std::tuple<Tensor, Tensor, Tensor> cbm_forward_any(const Tensor& x, const Tensor& weight_r,
                                                    const std::optional<Tensor>& bias_r, const Tensor& weight_t,
                                                    const std::optional<Tensor>& bias_t, const Tensor& c0,
-                                                   Options opt, const StepKernels& kernels, bool save_r) {
+                                                   Options opt, const StepKernels& kernels, bool save_r,
+                                                   bool all_states) {
   check_forward_args(x, weight_r, bias_r, weight_t, bias_t, c0, opt);
   const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t C = weight_r.size(0);
   auto o = at::empty({T, B, C, H, W}, x.options());
-  auto c = at::empty_like(o);
   const int64_t steps = chunk_steps(kernels.conv_chunk_elements, T, B, (C_in + 2 * C) * H * W);
   const bool sequence = kernels.forward_sequence != nullptr && steps >= T;
+  // Backward reads every state; the persistent kernels write every state.
+  const StepStates c(T, B, C, H, W, x.options(), save_r || sequence || all_states);
   Tensor r = save_r || sequence ? at::empty_like(o) : Tensor();
   // Nothing to compute for an empty sequence, batch or image; returning here also keeps every size that is
   // divided by (B in chunk_steps' callers) or indexed with (the persistent kernels' problem) non-zero.
-  if (o.numel() == 0) return {o, c, save_r ? r : Tensor()};
+  if (o.numel() == 0) return {o, c.result(), save_r ? r : Tensor()};
 
   const Tensor w_tc = weight_t.narrow(1, C_in, C).contiguous();
   const Tensor bias = at::cat({bias_r.has_value() ? *bias_r : at::zeros({C}, x.options()),
@@ -114,19 +117,20 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_any(const Tensor& x, const Tensor
     // P = [P_r | P_x] for the chunk's (t, b): (n, B, 2C, H, W).
     const auto step_loop = [&]() {
       for (int64_t t = t0; t < t0 + n; ++t) {
-        const Tensor rec = same_conv(t == 0 ? c0 : c[t - 1], w_tc);
+        const Tensor rec = same_conv(t == 0 ? c0 : c.at(t - 1), w_tc);
         const Tensor p_r = P[t - t0].narrow(1, 0, C);
-        kernels.forward(p_r, P[t - t0].narrow(1, C, C), rec, r.defined() ? r[t] : p_r, c[t], o[t], opt);
+        kernels.forward(p_r, P[t - t0].narrow(1, C, C), rec, r.defined() ? r[t] : p_r, c.at(t), o[t], opt);
       }
     };
     if (sequence) {
       const Tensor p_r = P.narrow(2, 0, C), p_x = P.narrow(2, C, C), c0_c = c0.contiguous();
-      kernels.forward_sequence(ForwardSequence{p_r, p_x, w_tc, c0_c, r, c, o, opt}, step_loop);
+      const Tensor c_all = c.result();  // every state: `sequence` keeps them all
+      kernels.forward_sequence(ForwardSequence{p_r, p_x, w_tc, c0_c, r, c_all, o, opt}, step_loop);
     } else {
       step_loop();
     }
   });
-  return {o, c, save_r ? r : Tensor()};
+  return {o, c.result(), save_r ? r : Tensor()};
 }
 
 }  // namespace
@@ -135,14 +139,16 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_impl(const Tensor& x, const Tenso
                                                     const std::optional<Tensor>& bias_r, const Tensor& weight_t,
                                                     const std::optional<Tensor>& bias_t, const Tensor& c0,
                                                     Options opt, const StepKernels& kernels) {
-  return cbm_forward_any(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kernels, /*save_r=*/true);
+  return cbm_forward_any(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kernels, /*save_r=*/true,
+                         /*all_states=*/true);
 }
 
 std::tuple<Tensor, Tensor> cbm_inference_impl(const Tensor& x, const Tensor& weight_r,
                                               const std::optional<Tensor>& bias_r, const Tensor& weight_t,
                                               const std::optional<Tensor>& bias_t, const Tensor& c0, Options opt,
-                                              const StepKernels& kernels) {
-  auto [o, c, r] = cbm_forward_any(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kernels, /*save_r=*/false);
+                                              bool all_states, const StepKernels& kernels) {
+  auto [o, c, r] =
+      cbm_forward_any(x, weight_r, bias_r, weight_t, bias_t, c0, opt, kernels, /*save_r=*/false, all_states);
   return {o, c};
 }
 

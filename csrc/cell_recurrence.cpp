@@ -90,15 +90,15 @@ void check_convgru_args(const Tensor& x, const Tensor& weight_x, const std::opti
 
 std::tuple<Tensor, Tensor, Tensor> convlstm_forward_impl(const Tensor& x, const Tensor& weight,
                                                          const std::optional<Tensor>& bias, const Tensor& h0,
-                                                         const Tensor& c0, bool save_gates,
+                                                         const Tensor& c0, bool save_gates, bool all_states,
                                                          const LstmStepKernels& kernels) {
   check_convlstm_args(x, weight, bias, h0, c0);
   const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t C = weight.size(0) / 4;
   Tensor h = at::empty({T, B, C, H, W}, x.options());
-  Tensor c = at::empty_like(h);
+  const StepStates c(T, B, C, H, W, x.options(), save_gates || all_states);  // backward reads every c
   Tensor gates = save_gates ? at::empty({T, B, 4 * C, H, W}, x.options()) : Tensor();
-  if (h.numel() == 0) return {h, c, gates};  // empty sequence, batch or image: nothing to compute
+  if (h.numel() == 0) return {h, c.result(), gates};  // empty sequence, batch or image: nothing to compute
   const Tensor h0_c = h0.contiguous(), c0_c = c0.contiguous();
   if (one_step_per_chunk(kernels.conv_chunk_elements, B, (C_in + 4 * C) * H * W)) {
     StepConcat xh(x, C);
@@ -106,9 +106,9 @@ std::tuple<Tensor, Tensor, Tensor> convlstm_forward_impl(const Tensor& x, const 
     const Tensor zero = at::zeros({}, x.options()).expand({B, 4 * C, H, W});  // the epilogue's rec: in A already
     for (int64_t t = 0; t < T; ++t) {
       const Tensor A = same_conv(xh.fill(t, t == 0 ? h0_c : h[t - 1]), weight_c, b);
-      kernels.forward(A, zero, t == 0 ? c0_c : c[t - 1], save_gates ? gates[t] : Tensor(), c[t], h[t]);
+      kernels.forward(A, zero, t == 0 ? c0_c : c.at(t - 1), save_gates ? gates[t] : Tensor(), c.at(t), h[t]);
     }
-    return {h, c, gates};
+    return {h, c.result(), gates};
   }
   const Tensor w_x = weight.narrow(1, 0, C_in).contiguous(), w_h = weight.narrow(1, C_in, C).contiguous();
   project_forward(x, w_x, bias_or_zeros(bias, 4 * C, x), kernels.conv_chunk_elements,
@@ -116,10 +116,11 @@ std::tuple<Tensor, Tensor, Tensor> convlstm_forward_impl(const Tensor& x, const 
                     for (int64_t t = t0; t < t0 + n; ++t) {
                       const Tensor rec = same_conv(t == 0 ? h0_c : h[t - 1], w_h);
                       const Tensor p = P[t - t0];
-                      kernels.forward(p, rec, t == 0 ? c0_c : c[t - 1], save_gates ? gates[t] : Tensor(), c[t], h[t]);
+                      kernels.forward(p, rec, t == 0 ? c0_c : c.at(t - 1), save_gates ? gates[t] : Tensor(), c.at(t),
+                                      h[t]);
                     }
                   });
-  return {h, c, gates};
+  return {h, c.result(), gates};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> convlstm_backward_impl(

@@ -59,7 +59,7 @@ void check_convgru_args(const at::Tensor& x, const at::Tensor& weight_x, const s
 // none are kept and the returned one is undefined.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> convlstm_forward_impl(
     const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& h0,
-    const at::Tensor& c0, bool save_gates, const LstmStepKernels& kernels);
+    const at::Tensor& c0, bool save_gates, bool all_states, const LstmStepKernels& kernels);
 
 // Returns (grad_x, grad_weight, grad_bias, grad_h0, grad_c0).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> convlstm_backward_impl(

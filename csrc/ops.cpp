@@ -83,15 +83,18 @@ TORCH_LIBRARY(deeprnn, m) {
       "cbm_backward(Tensor grad_o, Tensor grad_c, Tensor x, Tensor weight_r, Tensor weight_t, Tensor c0, "
       "Tensor r, Tensor c, Tensor? td_mask, int act_r, int act_t, int merge) -> (Tensor grad_x, "
       "Tensor grad_weight_r, Tensor grad_bias_r, Tensor grad_weight_t, Tensor grad_bias_t, Tensor grad_c0)");
-  // The forward without what only backward needs (r), for torch.no_grad() / inference_mode.
+  // The forward without what only backward needs (r), for torch.no_grad() / inference_mode; all_states=False
+  // returns only the final c, (1, B, C, H, W).
   m.def(
       "cbm_inference(Tensor x, Tensor weight_r, Tensor? bias_r, Tensor weight_t, Tensor? bias_t, Tensor c0, "
-      "int act_r, int act_t, int merge) -> (Tensor o, Tensor c)");
+      "int act_r, int act_t, int merge, bool all_states=True) -> (Tensor o, Tensor c)");
   // ConvLSTM and ConvGRU (csrc/cells.h): forward ops return the gates for backward; the *_inference ops don't.
   m.def(
       "convlstm_forward(Tensor x, Tensor weight, Tensor? bias, Tensor h0, Tensor c0) -> "
       "(Tensor h, Tensor c, Tensor gates)");
-  m.def("convlstm_inference(Tensor x, Tensor weight, Tensor? bias, Tensor h0, Tensor c0) -> (Tensor h, Tensor c)");
+  m.def(
+      "convlstm_inference(Tensor x, Tensor weight, Tensor? bias, Tensor h0, Tensor c0, bool all_states=True) -> "
+      "(Tensor h, Tensor c)");
   m.def(
       "convlstm_backward(Tensor grad_h, Tensor grad_c, Tensor x, Tensor weight, Tensor h0, Tensor c0, Tensor h, "
       "Tensor c, Tensor gates) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias, Tensor grad_h0, "

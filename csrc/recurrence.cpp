@@ -88,6 +88,15 @@ const Tensor& StepConcat::fill(int64_t t, const Tensor& s) {
   return fill_x(t);
 }
 
+StepStates::StepStates(int64_t T, int64_t B, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options,
+                       bool all)
+    : buffer_(at::empty({all ? T : std::min<int64_t>(T, 2), B, C, H, W}, options)), T_(T), all_(all) {}
+
+Tensor StepStates::result() const {
+  if (all_) return buffer_;
+  return T_ == 0 ? buffer_ : buffer_.narrow(0, (T_ - 1) % 2, 1);
+}
+
 void project_forward(const Tensor& x, const Tensor& w_in, const Tensor& bias, int64_t chunk_elements,
                      const ForwardChunk& chunk) {
   const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4), Cp = w_in.size(0);

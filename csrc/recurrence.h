@@ -59,6 +59,23 @@ class StepConcat {
   int64_t C_in_;
 };
 
+// The states s_t a forward writes, step by step: all T of them, (T, B, C, H, W), or, where only the last is wanted
+// (an inference that returns the final state), two (B, C, H, W) buffers used in turn, so the op allocates and
+// touches 2 states instead of T (on the CPU a fresh (T, ...) output also costs its page faults on every call).
+// at(t) is s_t (without all, valid for the current and previous step only); result() is every state, or the last
+// as (1, B, C, H, W) (what the full tensor's [-1:] would be).
+class StepStates {
+ public:
+  StepStates(int64_t T, int64_t B, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options, bool all);
+  at::Tensor at(int64_t t) const { return buffer_[all_ ? t : t % 2]; }
+  at::Tensor result() const;
+
+ private:
+  at::Tensor buffer_;
+  int64_t T_;
+  bool all_;
+};
+
 // Forward: P = conv(x, w_in) + bias for a chunk of steps at a time, (n, B, Cp, H, W) contiguous, handed to
 // chunk(t0, n, P) in time order. x is (T, B, C_in, H, W); w_in (Cp, C_in, k, k); bias (Cp,).
 using ForwardChunk = std::function<void(int64_t t0, int64_t n, const at::Tensor& P)>;

@@ -23,10 +23,11 @@ def convlstm_forward_fake(x, weight, bias, h0, c0):
     return _state(x, C), _state(x, C), _state(x, 4 * C)
 
 
-def convlstm_inference_fake(x, weight, bias, h0, c0):
-    """``(h, c)``, each ``(T, B, C, H, W)``."""
+def convlstm_inference_fake(x, weight, bias, h0, c0, all_states=True):
+    """``(h, c)``, each ``(T, B, C, H, W)``; without ``all_states`` c is the final state alone, ``c[-1:]``."""
     C = check_convlstm_op_args(x, weight, bias, h0, c0).C
-    return _state(x, C), _state(x, C)
+    c = _state(x, C)
+    return _state(x, C), c if all_states else c[-1:].clone()
 
 
 def convlstm_backward_fake(grad_h, grad_c, x, weight, h0, c0, h, c, gates):

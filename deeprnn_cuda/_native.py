@@ -82,15 +82,16 @@ def cbm_layer_native(
     act_r: str = "relu",
     act_t: str = "sigmoid",
     merge: str = "mul",
+    all_states: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The CBM layer on the compiled ops; same contract as :func:`deeprnn_cuda.reference.cbm_layer_ref`.
     Without autograd (``torch.no_grad()``, ``inference_mode``, or no input requiring grad) it runs the inference
-    op, which never materialises r."""
+    op, which never materialises r (nor, with ``all_states=False``, any state but the last two)."""
     codes = ACT_R_CODES[act_r], ACT_T_CODES[act_t], MERGE_CODES[merge]
     if not needs_grad(x, weight_r, bias_r, weight_t, bias_t, c0):
-        return torch.ops.deeprnn.cbm_inference(x, weight_r, bias_r, weight_t, bias_t, c0, *codes)
+        return torch.ops.deeprnn.cbm_inference(x, weight_r, bias_r, weight_t, bias_t, c0, *codes, all_states)
     o, c, _ = torch.ops.deeprnn.cbm_forward(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, *codes)
-    return o, c
+    return o, c if all_states else c[-1:]
 
 
 def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
@@ -100,13 +101,14 @@ def needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
 
 
 def convlstm_layer_native(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], h0: torch.Tensor, c0: torch.Tensor
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], h0: torch.Tensor, c0: torch.Tensor,
+    all_states: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The ConvLSTM layer on the compiled ops; contract of :func:`deeprnn_cuda.convlstm.convlstm_layer_ref`."""
     if not needs_grad(x, weight, bias, h0, c0):
-        return torch.ops.deeprnn.convlstm_inference(x, weight, bias, h0, c0)
+        return torch.ops.deeprnn.convlstm_inference(x, weight, bias, h0, c0, all_states)
     h, c, _ = torch.ops.deeprnn.convlstm_forward(x, weight, bias, h0, c0)
-    return h, c
+    return h, c if all_states else c[-1:]
 
 
 def convgru_layer_native(

@@ -22,9 +22,11 @@ def cbm_forward_fake(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, 
     return x.new_empty(shape), x.new_empty(shape), x.new_empty(shape)
 
 
-def cbm_inference_fake(x, weight_r, bias_r, weight_t, bias_t, c0, act_r, act_t, merge):
-    """Shapes of ``(o, c)`` of the inference op (no r): each ``(T, B, C, H, W)``."""
-    return cbm_forward_fake(x, weight_r, bias_r, weight_t, bias_t, c0, None, act_r, act_t, merge)[:2]
+def cbm_inference_fake(x, weight_r, bias_r, weight_t, bias_t, c0, act_r, act_t, merge, all_states=True):
+    """Shapes of ``(o, c)`` of the inference op (no r): each ``(T, B, C, H, W)``; without ``all_states`` c is the
+    final state alone, ``c[-1:]``."""
+    o, c, _ = cbm_forward_fake(x, weight_r, bias_r, weight_t, bias_t, c0, None, act_r, act_t, merge)
+    return o, c if all_states else c[-1:].clone()
 
 
 def cbm_backward_fake(grad_o, grad_c, x, weight_r, weight_t, c0, r, c, td_mask, act_r, act_t, merge):

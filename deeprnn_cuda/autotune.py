@@ -240,11 +240,12 @@ def cbm_layer_auto(
     act_r: str = "relu",
     act_t: str = "sigmoid",
     merge: str = "mul",
+    all_states: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The CBM layer on the candidate :func:`choose` picks, through its normal (autograd) path."""
     cand = choose(candidates, x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge)
     return cand.layer(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask=td_mask, act_r=act_r, act_t=act_t,
-                      merge=merge)
+                      merge=merge, all_states=all_states)
 
 
 def make_cell_key(cell: str, args: Sequence[Optional[torch.Tensor]], grad: bool) -> CellKey:
@@ -300,7 +301,8 @@ def choose_layer(cell: str, candidates: Sequence[Tuple[str, Callable]],
 
 
 def cell_layer_auto(cell: str, candidates: Sequence[Tuple[str, Callable]],
-                    *args: Optional[torch.Tensor]):
-    """The ``cell`` layer (positional arguments of its ``*_layer_ref``, states materialized) on the candidate
-    :func:`choose_layer` picks, through its normal (autograd) path."""
-    return choose_layer(cell, candidates, args)(*args)
+                    *args: Optional[torch.Tensor], **options: bool):
+    """The ``cell`` layer (positional arguments of its ``*_layer_ref``, states materialized; ``options``: its
+    keywords, ConvLSTM's ``all_states``) on the candidate :func:`choose_layer` picks, through its normal
+    (autograd) path."""
+    return choose_layer(cell, candidates, args)(*args, **options)

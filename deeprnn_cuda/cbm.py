@@ -44,11 +44,13 @@ def cbm_layer_ref(
     act_r: str = "relu",
     act_t: str = "sigmoid",
     merge: str = "mul",
+    all_states: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The reference CBM layer: one step at a time, no fusion, autograd does the backward; arguments already
     validated, ``c0`` given.
 
-    ``x``: ``(T, B, C_in, H, W)``; returns ``(o, c)``, both ``(T, B, C, H, W)``.
+    ``x``: ``(T, B, C_in, H, W)``; returns ``(o, c)``, both ``(T, B, C, H, W)`` (``all_states=False``: c is
+    ``c[-1:]``).
     Temporal Dropout detaches ``x_t`` on the T unit's input where ``td_mask`` is True
     (``(T,)``: the whole step; ``(T, B)``: per sample), as the authors' code does.
     """
@@ -67,7 +69,8 @@ def cbm_layer_ref(
         c = f_t(F.conv2d(torch.cat([x_for_t, c], dim=1), weight_t, bias_t, padding=pad_t))
         outputs.append(r * c if merge == "mul" else r + c)
         states.append(c)
-    return torch.stack(outputs), torch.stack(states)
+    states = torch.stack(states)
+    return torch.stack(outputs), states if all_states else states[-1:]
 
 
 def cbm_layer(
@@ -83,6 +86,7 @@ def cbm_layer(
     act_t: str = "sigmoid",
     merge: str = "mul",
     backend: str = "auto",
+    all_states: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run one Context Bridge Module layer over a whole sequence.
 
@@ -99,6 +103,9 @@ def cbm_layer(
         backend: ``"auto"``, ``"reference"``, ``"native"`` or ``"triton"``. ``"auto"`` takes the compiled
             backend for the device and dtype; where several run (CUDA: native and Triton), the fastest for the
             shape, measured on the first call with it (see :mod:`deeprnn_cuda.autotune`).
+        all_states: False returns only the final state, ``c[-1:]`` of what True returns, ``(1, B, C, H, W)``;
+            without autograd the compiled ``native`` backend then never stores the others (less memory, and on
+            the CPU fewer page faults).
 
     Returns:
         ``(o, c)``: outputs and the state after every step, both ``(T, B, C, H, W)``; ``c[-1]`` is the
@@ -110,10 +117,12 @@ def cbm_layer(
     s = check_cbm_args(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask, act_r, act_t, merge)
     impl = resolve_backend(backend, x)
     if s.T * s.B * s.H * s.W == 0:
-        return empty_result(x, [(s.T, s.B, s.C, s.H, s.W)] * 2, (x, weight_r, bias_r, weight_t, bias_t, c0))
+        o, c = empty_result(x, [(s.T, s.B, s.C, s.H, s.W)] * 2, (x, weight_r, bias_r, weight_t, bias_t, c0))
+        return o, c if all_states else c[-1:]
     if c0 is None:
         c0 = x.new_zeros(s.B, s.C, s.H, s.W)
-    return impl(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask=td_mask, act_r=act_r, act_t=act_t, merge=merge)
+    return impl(x, weight_r, bias_r, weight_t, bias_t, c0, td_mask=td_mask, act_r=act_r, act_t=act_t, merge=merge,
+                all_states=all_states)
 
 
 class CBMLayerParams(nn.Module):
@@ -304,6 +313,7 @@ class CBM(_ConvRNNStack):
             out, c = cbm_layer(
                 inp, layer.weight_r, layer.bias_r, layer.weight_t, layer.bias_t, init[i * D + d],
                 td_mask=masks[i * D + d], act_r=self.act_r, act_t=self.act_t, merge=self.merge, backend=self.backend,
+                all_states=return_states,  # else only the final state is kept
             )
             return out, c[-1], c
 

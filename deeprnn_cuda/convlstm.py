@@ -21,12 +21,13 @@ LSTMState = Tuple[torch.Tensor, torch.Tensor]
 
 
 def convlstm_layer_ref(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], h0: torch.Tensor, c0: torch.Tensor
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], h0: torch.Tensor, c0: torch.Tensor,
+    all_states: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The reference ConvLSTM layer: one step at a time, as ndrplz/ConvLSTM_pytorch's cell computes it; no
     fusion, autograd does the backward. Arguments already validated, ``h0`` and ``c0`` given.
 
-    Returns ``(h, c)``, each ``(T, B, C, H, W)``.
+    Returns ``(h, c)``, each ``(T, B, C, H, W)`` (``all_states=False``: c is ``c[-1:]``).
     """
     T, B, _, H, W = x.shape
     C = weight.shape[0] // 4
@@ -41,7 +42,7 @@ def convlstm_layer_ref(
         h = torch.sigmoid(a_o) * torch.tanh(c)
         hs.append(h)
         cs.append(c)
-    return torch.stack(hs), torch.stack(cs)
+    return torch.stack(hs), torch.stack(cs) if all_states else c.unsqueeze(0)
 
 
 def convlstm_layer(
@@ -52,6 +53,7 @@ def convlstm_layer(
     c0: Optional[torch.Tensor] = None,
     *,
     backend: str = "auto",
+    all_states: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run one ConvLSTM layer over a whole sequence.
 
@@ -62,6 +64,8 @@ def convlstm_layer(
         h0, c0: initial hidden and cell states ``(B, C, H, W)``; None means zeros.
         backend: ``"auto"`` (the compiled kernels when built, else the reference with one warning),
             ``"reference"``, ``"native"`` or ``"triton"``.
+        all_states: False returns only the final cell state, ``c[-1:]`` of what True returns,
+            ``(1, B, C, H, W)``; without autograd the compiled ``native`` backend then never stores the others.
 
     Returns:
         ``(h, c)``: the hidden and cell states after every step, both ``(T, B, C, H, W)``; ``h[-1]``, ``c[-1]``
@@ -73,10 +77,11 @@ def convlstm_layer(
     s = check_convlstm_args(x, weight, bias, h0, c0)
     impl = resolve_cell_backend("convlstm", backend, x)
     if s.T * s.B * s.H * s.W == 0:  # empty outputs, zero gradients (as cbm_layer)
-        return empty_result(x, [(s.T, s.B, s.C, s.H, s.W)] * 2, (x, weight, bias, h0, c0))
+        h, c = empty_result(x, [(s.T, s.B, s.C, s.H, s.W)] * 2, (x, weight, bias, h0, c0))
+        return h, c if all_states else c[-1:]
     h0 = x.new_zeros(s.B, s.C, s.H, s.W) if h0 is None else h0
     c0 = x.new_zeros(s.B, s.C, s.H, s.W) if c0 is None else c0
-    return impl(x, weight, bias, h0, c0)
+    return impl(x, weight, bias, h0, c0, all_states=all_states)
 
 
 def ndrplz_to_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -179,7 +184,8 @@ class ConvLSTM(_ConvRNNStack):
 
         def run_layer(i: int, d: int, inp: torch.Tensor):
             conv = directions[d][i]
-            hs, cs = convlstm_layer(inp, conv.weight, conv.bias, *init[i * D + d], backend=self.backend)
+            hs, cs = convlstm_layer(inp, conv.weight, conv.bias, *init[i * D + d], backend=self.backend,
+                                    all_states=False)  # the per-step states returned are the h
             return hs, (hs[-1], cs[-1]), hs
 
         out, c_n, states = self._run_stack(x, run_layer)

@@ -51,6 +51,7 @@ CLI = ("tests/test_cli_options.py", "tests/test_cli.py", "-k", "not torchrun and
 TD = ("tests/test_modules.py", "-k", "td")
 CHUNKS = ("tests/test_native_chunks.py",)
 CELL_CHUNKS = ("tests/test_cell_chunks.py",)
+FINAL_STATE = ("tests/test_final_state.py",)
 NATIVE = ("tests/test_functional.py", "-k", "not triton and not compile and not opcheck")
 
 MUTANTS: List[Mutant] = [
@@ -124,6 +125,10 @@ MUTANTS: List[Mutant] = [
            "dx.copy_(xh.grad_x(d_xh));", CELL_CHUNKS, "x's gradient misses the n convolution's part"),
     Mutant("lstm-concat-dh-dropped", "csrc/cell_recurrence.cpp", "      dh_next = xh.grad_state(d_xh);\n",
            "      dh_next = at::zeros_like(dh_next);\n", CELL_CHUNKS, "the recurrent gradient is not carried back"),
+    Mutant("final-state-wrong-slot", "csrc/recurrence.cpp", "buffer_.narrow(0, (T_ - 1) % 2, 1)",
+           "buffer_.narrow(0, T_ % 2, 1)", FINAL_STATE, "off-by-one: the last state but one is returned"),
+    Mutant("final-state-all-kept", "csrc/recurrence.cpp", "at::empty({all ? T : std::min<int64_t>(T, 2), B, C, H, W}",
+           "at::empty({T, B, C, H, W}", FINAL_STATE, "every state is allocated again although only two are used"),
 ]
 
 

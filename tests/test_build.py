@@ -1,36 +1,26 @@
-"""The build CI tests: the compiled extension is there, with its CUDA kernels wherever a toolkit was found.
-
-Without these a broken build passes the CPU suite: the backend lists would shrink to the reference and the GPU
-tests skip on a machine with no GPU. A deliberate CPU-only build says so with DEEPRNN_FORCE_CPU=1 (as setup.py
-reads it), which waives the CUDA check only.
+"""The build CI tests: the compiled extension is there, and every op has a kernel for every device it was built
+for. Without these a broken build passes the CPU suite: the backend lists would shrink to the reference and the
+GPU tests skip on a machine with no GPU. Whether a usable CUDA toolkit was missed: tests/test_build_info.py.
 """
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from deeprnn_cuda import _native
 
-
-def _nvcc_found() -> bool:
-    """An nvcc where setup.py looks first: $CUDA_HOME, else /usr/local/cuda."""
-    homes = [os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
-    return any(h and os.access(Path(h) / "bin" / "nvcc", os.X_OK) for h in homes)
+#: The ops with a kernel per device (csrc/cpu/, csrc/cuda/); the rest of the namespace is device-independent.
+DEVICE_OPS = ("cbm_forward", "cbm_backward", "cbm_inference", "convlstm_forward", "convlstm_inference",
+              "convlstm_backward", "convgru_forward", "convgru_inference", "convgru_backward")
 
 
 def test_extension_built():
     assert _native.is_available(), _native.unavailable_reason()
-    for op in ("cbm_forward", "cbm_backward"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"deeprnn::{op}", "CPU"), op
 
 
-@pytest.mark.skipif(os.environ.get("DEEPRNN_FORCE_CPU") == "1", reason="DEEPRNN_FORCE_CPU=1: CPU-only build intended")
-def test_cuda_kernels_compiled_when_a_toolkit_was_found():
-    if torch.version.cuda is None or not _nvcc_found():
-        pytest.skip(f"no CUDA toolkit for this torch (torch.version.cuda={torch.version.cuda}): CPU-only build")
-    assert _native.cuda_compiled(), (
-        f"nvcc is present and torch is a CUDA {torch.version.cuda} build, but the extension was built without its "
-        "CUDA kernels; rebuild with CUDA_HOME set, or set DEEPRNN_FORCE_CPU=1 if a CPU-only build is intended")
-    for op in ("cbm_forward", "cbm_backward"):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"deeprnn::{op}", "CUDA"), op
+@pytest.mark.parametrize("device", ["CPU", "CUDA"])
+def test_every_op_has_a_kernel_for_each_device_built(device):
+    if not _native.is_available():
+        pytest.fail(_native.unavailable_reason())
+    if device == "CUDA" and not _native.cuda_compiled():
+        pytest.skip("the extension was built without CUDA kernels (tests/test_build_info.py checks that was right)")
+    missing = [op for op in DEVICE_OPS if not torch._C._dispatch_has_kernel_for_dispatch_key(f"deeprnn::{op}", device)]
+    assert not missing, f"no {device} kernel for {missing}"

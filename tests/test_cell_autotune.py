@@ -25,13 +25,13 @@ class Fakes:
         native = getattr(_native, f"{cell}_layer_native")
 
         def make(name, scale):
-            def run(*args):
+            def run(*args, **options):
                 self.log.append((name, torch.is_grad_enabled(), any(
                     t is not None and t.requires_grad for t in args)))
                 torch.rand(3)  # consumes RNG: measurement must restore it
                 if name in self.fail:
                     raise RuntimeError(f"{name} cannot run this")
-                out = native(*args)  # ConvLSTM: (h, c); ConvGRU: h
+                out = native(*args, **options)  # ConvLSTM: (h, c); ConvGRU: h
                 return scale * out if isinstance(out, torch.Tensor) else tuple(scale * o for o in out)
 
             return name, run

@@ -272,6 +272,7 @@ def test_opcheck():
         lstm = [v.detach() if v is not None else None for v in
                 make_cell_inputs("convlstm", T=3, B=2, C_in=2, C=3, H=4, W=5, dtype=torch.float32, bias=bias).values()]
         opcheck(ops.convlstm_inference.default, tuple(lstm))  # not differentiable: inputs without grad
+        opcheck(ops.convlstm_inference.default, tuple(lstm) + (False,))  # only the final c
         lstm[0].requires_grad_()
         opcheck(ops.convlstm_forward.default, tuple(lstm))
         gru = [v.detach() if v is not None else None for v in
@@ -290,6 +291,7 @@ def test_opcheck():
     cbm = make_inputs(T=3, B=2, C_in=2, C=3, H=4, W=5, dtype=torch.float32)
     args = tuple(v.detach() for v in cbm.values())
     opcheck(ops.cbm_inference.default, args + (1, 0, 0))
+    opcheck(ops.cbm_inference.default, args + (1, 0, 0, False))
     opcheck(ops.cbm_inference.default, (args[0], args[1], None, args[3], None, args[5], 2, 1, 1))
 
 

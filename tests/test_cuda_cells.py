@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cell_helpers import BIAS_CASES, CELLS, layer, make_cell_inputs, names, outputs, run_with_grads
-from deeprnn_cuda import _native, cbm_layer
+from deeprnn_cuda import _native, cbm_layer, convlstm_layer
 from helpers import assert_close_rel, make_inputs
 
 HAS_CUDA = torch.cuda.is_available()
@@ -87,3 +87,20 @@ def test_torch_compile_fullgraph(cell):
 
     loss = torch.compile(step, fullgraph=True, backend="aot_eager")(**inputs)
     assert_close_rel(loss, step(**inputs), torch.float32)
+
+
+
+@pytest.mark.parametrize("cell", ["cbm", "convlstm"])
+@pytest.mark.parametrize("T", [1, 4])
+def test_inference_final_state_only(cell, T):
+    """``all_states=False`` under no_grad: the CUDA inference ops keep two states in turn (NEVER RUN ON A GPU)."""
+    if cell == "cbm":
+        fn, inputs = cbm_layer, make_inputs(T=T, B=2, C_in=3, C=4, H=6, W=5, dtype=torch.float64, device=DEV)
+    else:
+        fn, inputs = convlstm_layer, make_cell_inputs(cell, T=T, B=2, C_in=3, C=4, H=6, W=5, device=DEV)
+    with torch.no_grad():
+        out, c = fn(**inputs, backend="native", all_states=False)
+        out_ref, c_ref = fn(**inputs, backend="reference")
+    assert_close_rel(out, out_ref, torch.float64, f"{cell} output")
+    assert_close_rel(c, c_ref[-1:], torch.float64, f"{cell} final state")
+    assert c.untyped_storage().nbytes() <= 2 * c[0].numel() * c.element_size()

@@ -186,8 +186,9 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_cpu(const Tensor& x, const Tensor
 std::tuple<Tensor, Tensor> cbm_inference_cpu(const Tensor& x, const Tensor& weight_r,
                                              const std::optional<Tensor>& bias_r, const Tensor& weight_t,
                                              const std::optional<Tensor>& bias_t, const Tensor& c0, int64_t act_r,
-                                             int64_t act_t, int64_t merge) {
-  return cbm_inference_impl(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge}, cpu_kernels());
+                                             int64_t act_t, int64_t merge, bool all_states) {
+  return cbm_inference_impl(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge}, all_states,
+                            cpu_kernels());
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cpu(

@@ -136,13 +136,13 @@ GruStepKernels gru_cpu() {
 std::tuple<Tensor, Tensor, Tensor> convlstm_forward_cpu(const Tensor& x, const Tensor& weight,
                                                         const std::optional<Tensor>& bias, const Tensor& h0,
                                                         const Tensor& c0) {
-  return convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/true, lstm_cpu());
+  return convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/true, /*all_states=*/true, lstm_cpu());
 }
 
 std::tuple<Tensor, Tensor> convlstm_inference_cpu(const Tensor& x, const Tensor& weight,
                                                   const std::optional<Tensor>& bias, const Tensor& h0,
-                                                  const Tensor& c0) {
-  auto [h, c, gates] = convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/false, lstm_cpu());
+                                                  const Tensor& c0, bool all_states) {
+  auto [h, c, gates] = convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/false, all_states, lstm_cpu());
   return {h, c};
 }
 

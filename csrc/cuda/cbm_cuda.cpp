@@ -336,11 +336,12 @@ std::tuple<Tensor, Tensor, Tensor> cbm_forward_cuda(const Tensor& x, const Tenso
 std::tuple<Tensor, Tensor> cbm_inference_cuda(const Tensor& x, const Tensor& weight_r,
                                               const std::optional<Tensor>& bias_r, const Tensor& weight_t,
                                               const std::optional<Tensor>& bias_t, const Tensor& c0, int64_t act_r,
-                                              int64_t act_t, int64_t merge) {
+                                              int64_t act_t, int64_t merge, bool all_states) {
   check_forward_args(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge});  // every tensor on x's device
   const c10::cuda::CUDAGuard guard(x.device());
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCUDA);
-  return cbm_inference_impl(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge}, kCudaKernels);
+  return cbm_inference_impl(x, weight_r, bias_r, weight_t, bias_t, c0, {act_r, act_t, merge}, all_states,
+                            kCudaKernels);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_cuda(

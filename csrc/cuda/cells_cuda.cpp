@@ -125,14 +125,14 @@ std::tuple<Tensor, Tensor, Tensor> convlstm_forward_cuda(const Tensor& x, const 
                                                          const std::optional<Tensor>& bias, const Tensor& h0,
                                                          const Tensor& c0) {
   const OpGuard guard(x);
-  return convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/true, kLstmCuda);
+  return convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/true, /*all_states=*/true, kLstmCuda);
 }
 
 std::tuple<Tensor, Tensor> convlstm_inference_cuda(const Tensor& x, const Tensor& weight,
                                                    const std::optional<Tensor>& bias, const Tensor& h0,
-                                                   const Tensor& c0) {
+                                                   const Tensor& c0, bool all_states) {
   const OpGuard guard(x);
-  auto [h, c, gates] = convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/false, kLstmCuda);
+  auto [h, c, gates] = convlstm_forward_impl(x, weight, bias, h0, c0, /*save_gates=*/false, all_states, kLstmCuda);
   return {h, c};
 }
 

@@ -109,6 +109,7 @@ def cbm_layer_triton(
     act_r: str = "relu",
     act_t: str = "sigmoid",
     merge: str = "mul",
+    all_states: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The CBM layer on the Triton ops; same contract as :func:`deeprnn_cuda.reference.cbm_layer_ref`."""
     _require()
@@ -116,7 +117,7 @@ def cbm_layer_triton(
         x, weight_r, bias_r, weight_t, bias_t, c0, td_mask,
         ACT_R_CODES[act_r], ACT_T_CODES[act_t], MERGE_CODES[merge],
     )
-    return o, c
+    return o, c if all_states else c[-1:]
 
 
 def convlstm_layer_triton(
@@ -125,14 +126,16 @@ def convlstm_layer_triton(
     bias: Optional[torch.Tensor],
     h0: torch.Tensor,
     c0: torch.Tensor,
+    all_states: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The ConvLSTM layer on the Triton ops: ``(h, c)``, each ``(T, B, C, H, W)``.
+    """The ConvLSTM layer on the Triton ops: ``(h, c)``, each ``(T, B, C, H, W)`` (``all_states=False``: c is
+    ``c[-1:]``).
 
     Same contract as the reference ``convlstm_layer_ref``: validated arguments, ``h0``/``c0`` materialized.
     """
     _require()
     h, c, _ = torch.ops.deeprnn_triton.convlstm_forward(x, weight, bias, h0, c0)
-    return h, c
+    return h, c if all_states else c[-1:]
 
 
 def convgru_layer_triton(

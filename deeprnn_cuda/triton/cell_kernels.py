@@ -37,12 +37,14 @@ The GPU paths (compiled kernels, autotuning, bf16) have not been run on a GPU he
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import triton
 import triton.language as tl
 
 from . import kernels as _cbm
-from .kernels import INTERPRET, _rows, _tanh  # noqa: F401  (_rows/_tanh are called from the jit code)
+from .kernels import INTERPRET, _gates_conv, _rows, _tanh  # noqa: F401  (called from the jit code)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,45 +59,6 @@ def _zeros(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F64: tl.constexpr):
     if F64:
         acc = acc.to(tl.float64)
     return acc
-
-
-@triton.jit
-def _gates_conv(acc0, acc1, acc2, acc3, src, row_off, pix_m, m_ok, w, offs_n, K, N, LD, H, W,
-                NG: tl.constexpr, KS: tl.constexpr, SIGN: tl.constexpr, BLOCK_K: tl.constexpr,
-                PREC: tl.constexpr, CACHE: tl.constexpr):
-    """Implicit GEMM for ``NG`` gates at once: ``acc_g[m, n] += sum_{tap, k} src[row_off[m] + k*H*W +
-    shift(pix_m[m], tap)] * w[tap, k, g*N + n]`` (``w`` is ``[KS, KS, K, LD]``), the state tile loaded once
-    and shared by the gates; ``shift`` moves by ``SIGN * (tap - KS // 2)``, out-of-image taps read zero."""
-    HW = H * W
-    oh = pix_m // W
-    ow = pix_m - oh * W
-    n_ok = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-    for kh in tl.static_range(KS):
-        ih = oh + SIGN * (kh - KS // 2)
-        h_ok = m_ok & (ih >= 0) & (ih < H)
-        for kw in tl.static_range(KS):
-            iw = ow + SIGN * (kw - KS // 2)
-            ok = h_ok & (iw >= 0) & (iw < W)
-            a_rows = src + row_off + (ih * W + iw)
-            w_tap = w + (kh * KS + kw) * K * LD
-            for k0 in range(0, K, BLOCK_K):
-                kk = k0 + offs_k
-                k_ok = kk < K
-                a = tl.load(a_rows[:, None] + kk[None, :] * HW, mask=ok[:, None] & k_ok[None, :], other=0.0,
-                            cache_modifier=CACHE)
-                w_k = w_tap + kk[:, None] * LD + offs_n[None, :]
-                w_ok = k_ok[:, None] & n_ok[None, :]
-                b = tl.load(w_k, mask=w_ok, other=0.0)
-                a = a.to(b.dtype)
-                acc0 = tl.dot(a, b, acc0, input_precision=PREC)
-                if NG > 1:
-                    acc1 = tl.dot(a, tl.load(w_k + N, mask=w_ok, other=0.0), acc1, input_precision=PREC)
-                if NG > 2:
-                    acc2 = tl.dot(a, tl.load(w_k + 2 * N, mask=w_ok, other=0.0), acc2, input_precision=PREC)
-                if NG > 3:
-                    acc3 = tl.dot(a, tl.load(w_k + 3 * N, mask=w_ok, other=0.0), acc3, input_precision=PREC)
-    return acc0, acc1, acc2, acc3
 
 
 @triton.jit
@@ -565,31 +528,20 @@ def compile_check(capability: int = 90, cases=None):
     """Compile the cell kernels to a cubin for ``sm_<capability>`` without a GPU, like
     :func:`.kernels.compile_check` (run without ``TRITON_INTERPRET``). ``cases``: ``(kernel name, pointer
     dtype, PREC, extra constexprs)`` tuples; returns ``{label: shared memory bytes}``."""
-    if INTERPRET:
-        raise RuntimeError("compile_check needs TRITON_INTERPRET unset (the interpreter has no compiler)")
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     if cases is None:
         cases = [("lstm_fwd_step", "fp32", "tf32", {}), ("lstm_bwd_step", "fp32", "ieee", {"FINAL": False}),
                  ("lstm_fwd_seq", "bf16", "ieee", {}), ("lstm_bwd_seq", "fp16", "ieee", {}),
                  ("gru_fwd_step", "bf16", "ieee", {"PHASE": 1}), ("gru_bwd_step", "fp32", "tf32", {"PHASE": 0}),
                  ("gru_fwd_seq", "fp32", "ieee", {}), ("gru_bwd_seq", "bf16", "ieee", {})]
-    target = GPUTarget("cuda", capability, 32)
     out = {}
     for name, dt, prec, extra in cases:
-        fn = globals()[f"_{name}_kernel"]
         consts = dict(KS=3, F64=False, PREC=prec, BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, **extra)
-        signature = {}
-        for arg in fn.arg_names:
-            if arg in consts:
-                signature[arg] = "constexpr"
-            elif arg in _POINTERS:
-                signature[arg] = "*fp32" if arg in _STATE_POINTERS else "*" + dt
-            else:
-                signature[arg] = "i32"
-        compiled = triton.compile(ASTSource(fn, signature, constexprs=consts), target=target,
-                                  options={"num_warps": 4, "num_stages": 3})
-        assert "cubin" in compiled.asm
+
+        def pointer_type(arg: str, dt: str = dt) -> Optional[str]:
+            if arg not in _POINTERS:
+                return None
+            return "*fp32" if arg in _STATE_POINTERS else "*" + dt
+
+        compiled = _cbm.compile_jit(globals()[f"_{name}_kernel"], consts, pointer_type, capability=capability)
         out[f"{name}/{dt}/{prec}"] = compiled.metadata.shared
     return out

@@ -34,6 +34,7 @@ Two launch strategies share the tile code:
 from __future__ import annotations
 
 import os
+from typing import Callable, Optional
 
 import torch
 import triton
@@ -57,15 +58,16 @@ def _tanh(x):
 
 
 @triton.jit
-def _conv_tile(acc, src, row_off, pix_m, m_ok, w, offs_n, C, H, W,
-               KS: tl.constexpr, SIGN: tl.constexpr, BLOCK_K: tl.constexpr,
-               PREC: tl.constexpr, CACHE: tl.constexpr):
-    """Implicit GEMM: ``acc[m, n] += sum_{tap, k} src[row_off[m] + k * H * W + shift(pix_m[m], tap)] * w[tap, k, n]``
-    where ``shift`` moves the pixel by ``SIGN * (tap - KS // 2)`` and out-of-image taps read zero (masked)."""
+def _gates_conv(acc0, acc1, acc2, acc3, src, row_off, pix_m, m_ok, w, offs_n, K, N, LD, H, W,
+                NG: tl.constexpr, KS: tl.constexpr, SIGN: tl.constexpr, BLOCK_K: tl.constexpr,
+                PREC: tl.constexpr, CACHE: tl.constexpr):
+    """Implicit GEMM for ``NG`` gates at once: ``acc_g[m, n] += sum_{tap, k} src[row_off[m] + k*H*W +
+    shift(pix_m[m], tap)] * w[tap, k, g*N + n]`` (``w`` is ``[KS, KS, K, LD]``), the state tile loaded once
+    and shared by the gates; ``shift`` moves by ``SIGN * (tap - KS // 2)``, out-of-image taps read zero."""
     HW = H * W
     oh = pix_m // W
     ow = pix_m - oh * W
-    n_ok = offs_n < C
+    n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     for kh in tl.static_range(KS):
         ih = oh + SIGN * (kh - KS // 2)
@@ -74,15 +76,34 @@ def _conv_tile(acc, src, row_off, pix_m, m_ok, w, offs_n, C, H, W,
             iw = ow + SIGN * (kw - KS // 2)
             ok = h_ok & (iw >= 0) & (iw < W)
             a_rows = src + row_off + (ih * W + iw)
-            w_tap = w + (kh * KS + kw) * C * C
-            for k0 in range(0, C, BLOCK_K):
+            w_tap = w + (kh * KS + kw) * K * LD
+            for k0 in range(0, K, BLOCK_K):
                 kk = k0 + offs_k
-                k_ok = kk < C
+                k_ok = kk < K
                 a = tl.load(a_rows[:, None] + kk[None, :] * HW, mask=ok[:, None] & k_ok[None, :], other=0.0,
                             cache_modifier=CACHE)
-                b = tl.load(w_tap + kk[:, None] * C + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :],
-                            other=0.0)
-                acc = tl.dot(a.to(b.dtype), b, acc, input_precision=PREC)
+                w_k = w_tap + kk[:, None] * LD + offs_n[None, :]
+                w_ok = k_ok[:, None] & n_ok[None, :]
+                b = tl.load(w_k, mask=w_ok, other=0.0)
+                a = a.to(b.dtype)
+                acc0 = tl.dot(a, b, acc0, input_precision=PREC)
+                if NG > 1:
+                    acc1 = tl.dot(a, tl.load(w_k + N, mask=w_ok, other=0.0), acc1, input_precision=PREC)
+                if NG > 2:
+                    acc2 = tl.dot(a, tl.load(w_k + 2 * N, mask=w_ok, other=0.0), acc2, input_precision=PREC)
+                if NG > 3:
+                    acc3 = tl.dot(a, tl.load(w_k + 3 * N, mask=w_ok, other=0.0), acc3, input_precision=PREC)
+    return acc0, acc1, acc2, acc3
+
+
+@triton.jit
+def _conv_tile(acc, src, row_off, pix_m, m_ok, w, offs_n, C, H, W,
+               KS: tl.constexpr, SIGN: tl.constexpr, BLOCK_K: tl.constexpr,
+               PREC: tl.constexpr, CACHE: tl.constexpr):
+    """Implicit GEMM: ``acc[m, n] += sum_{tap, k} src[row_off[m] + k * H * W + shift(pix_m[m], tap)] * w[tap, k, n]``
+    for a C -> C kernel (``_gates_conv`` with one gate)."""
+    acc, _, _, _ = _gates_conv(acc, acc, acc, acc, src, row_off, pix_m, m_ok, w, offs_n, C, C, C, H, W,
+                               1, KS, SIGN, BLOCK_K, PREC, CACHE)
     return acc
 
 
@@ -458,39 +479,46 @@ _KERNELS_BY_NAME = {"fwd_step": _fwd_step_kernel, "fwd_seq": _fwd_seq_kernel,
                     "bwd_step": _bwd_step_kernel, "bwd_seq": _bwd_seq_kernel}
 
 
-def compile_for(name: str, dt: str, prec: str, config=None, capability: int = 90):
-    """Compile kernel ``name`` (``fwd_step``, ``fwd_seq``, ``bwd_step``, ``bwd_seq``) for pointers of Triton type
-    ``dt`` (``fp32``, ``bf16``, ``fp16``) and dot precision ``prec`` with the tile sizes, warps and stages of
-    ``config`` (a ``triton.Config``; default: 64 x 64 x 32, 4 warps, 3 stages) to a cubin for
-    ``sm_<capability>``, without a GPU (Triton and its bundled ptxas). Returns the compiled kernel."""
+def compile_jit(fn, consts: dict, pointer_type: Callable[[str], Optional[str]], num_warps: int = 4,
+                num_stages: int = 3, capability: int = 90):
+    """Compile the ``@triton.jit`` kernel ``fn`` to a cubin for ``sm_<capability>`` without a GPU (Triton and its
+    bundled ptxas): ``consts`` are constexprs (those that are ``fn``'s arguments are used), ``pointer_type(arg)``
+    the Triton pointer type of each other argument (``"*fp32"``...; None: an ``i32`` scalar). Returns the
+    compiled kernel. Shared by this module's :func:`compile_for` and the cells' ``compile_check``."""
     if INTERPRET:
         raise RuntimeError("compiling needs TRITON_INTERPRET unset (the interpreter has no compiler)")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = _KERNELS_BY_NAME[name]
-    blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
-    blocks.update(config.kwargs if config is not None else {})
-    consts = dict(KS=3, ACT_R=2, ACT_T=0, MERGE=0, PREC=prec, **blocks)
-    if name == "bwd_step":
-        consts["FINAL"] = False
-    pointer_args = {"c0", "pr", "px", "wf", "c_out", "o_out", "r_out",
-                    "go", "gc", "c_ptr", "r_ptr", "wb", "dg", "dpr", "dc0"}
-    signature = {}
-    for arg in fn.arg_names:
-        if arg in consts:
-            signature[arg] = "constexpr"
-        elif arg in pointer_args:
-            signature[arg] = "*fp32" if arg == "dg" else "*" + dt  # dG is float32 whatever the activations' dtype
-        else:
-            signature[arg] = "i32"
-    consts = {k: v for k, v in consts.items() if k in fn.arg_names}
-    options = {"num_warps": config.num_warps if config is not None else 4,
-               "num_stages": config.num_stages if config is not None else 3}
-    compiled = triton.compile(ASTSource(fn, signature, constexprs=consts),
-                              target=GPUTarget("cuda", capability, 32), options=options)
+    consts = {name: value for name, value in consts.items() if name in fn.arg_names}
+    signature = {arg: "constexpr" if arg in consts else (pointer_type(arg) or "i32") for arg in fn.arg_names}
+    compiled = triton.compile(ASTSource(fn, signature, constexprs=consts), target=GPUTarget("cuda", capability, 32),
+                              options={"num_warps": num_warps, "num_stages": num_stages})
     assert "cubin" in compiled.asm
     return compiled
+
+
+_CBM_POINTERS = {"c0", "pr", "px", "wf", "c_out", "o_out", "r_out", "go", "gc", "c_ptr", "r_ptr", "wb", "dg", "dpr",
+                 "dc0"}
+
+
+def compile_for(name: str, dt: str, prec: str, config=None, capability: int = 90):
+    """Compile kernel ``name`` (``fwd_step``, ``fwd_seq``, ``bwd_step``, ``bwd_seq``) for pointers of Triton type
+    ``dt`` (``fp32``, ``bf16``, ``fp16``) and dot precision ``prec`` with the tile sizes, warps and stages of
+    ``config`` (a ``triton.Config``; default: 64 x 64 x 32, 4 warps, 3 stages) to a cubin for
+    ``sm_<capability>``, without a GPU (:func:`compile_jit`). Returns the compiled kernel."""
+    blocks = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32)
+    blocks.update(config.kwargs if config is not None else {})
+    consts = dict(KS=3, ACT_R=2, ACT_T=0, MERGE=0, PREC=prec, FINAL=False, **blocks)
+
+    def pointer_type(arg: str) -> Optional[str]:
+        if arg not in _CBM_POINTERS:
+            return None
+        return "*fp32" if arg == "dg" else "*" + dt  # dG is float32 whatever the activations' dtype
+
+    return compile_jit(_KERNELS_BY_NAME[name], consts, pointer_type,
+                       num_warps=config.num_warps if config is not None else 4,
+                       num_stages=config.num_stages if config is not None else 3, capability=capability)
 
 
 def compile_check(capability: int = 90, cases=None):

@@ -1,0 +1,106 @@
+"""``all_states=False``: CBM and ConvLSTM return only the final state, ``c[-1:]``, and the native inference ops
+then keep two states instead of T (csrc/recurrence.h: StepStates), in every form of the CPU driver.
+
+The independent side is the reference layer run with every state kept, in float64; the storage check catches
+an op that computes all T states and slices the last.
+"""
+import contextlib
+
+import pytest
+import torch
+
+from deeprnn_cuda import CBM, ConvLSTM, _native, cbm_layer, convlstm_layer
+from helpers import assert_close_rel, cpu_conv_chunk_elements
+
+pytestmark = pytest.mark.skipif(not _native.is_available(), reason="native extension not built")
+
+# Chunk elements of the CPU driver -> the form it takes at these sizes (tests/test_cell_chunks.py).
+CHUNKS = {None: "default", 0: "one-chunk", 1: "one-step-per-chunk", 700: "chunks-of-few-steps"}
+
+
+def _inputs(cell: str, T: int, B: int = 2, C_in: int = 2, C: int = 3, H: int = 4, W: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5
+
+    x = rnd(T, B, C_in, H, W)
+    if cell == "cbm":
+        return x, (rnd(C, C_in, 3, 3), rnd(C), rnd(C, C_in + C, 3, 3), rnd(C), rnd(B, C, H, W))
+    return x, (rnd(4 * C, C_in + C, 3, 3), rnd(4 * C), rnd(B, C, H, W), rnd(B, C, H, W))
+
+
+def _run(cell: str, x, args, backend: str, all_states: bool):
+    if cell == "cbm":
+        return cbm_layer(x, *args, act_r="tanh", backend=backend, all_states=all_states)
+    return convlstm_layer(x, *args, backend=backend, all_states=all_states)
+
+
+@pytest.mark.parametrize("chunk", list(CHUNKS), ids=list(CHUNKS.values()))
+@pytest.mark.parametrize("T", [1, 2, 5])
+@pytest.mark.parametrize("cell", ["cbm", "convlstm"])
+def test_native_inference_keeps_only_the_final_state(cell, T, chunk):
+    x, args = _inputs(cell, T, seed=T)
+    out_ref, c_ref = _run(cell, x, args, "reference", all_states=True)
+    with torch.no_grad(), (cpu_conv_chunk_elements(chunk) if chunk is not None else contextlib.nullcontext()):
+        out, c = _run(cell, x, args, "native", all_states=False)
+    assert c.shape == (1,) + tuple(c_ref.shape[1:])
+    assert_close_rel(out, out_ref, torch.float64, f"{cell} output")
+    assert_close_rel(c, c_ref[-1:], torch.float64, f"{cell} final state")
+    state_bytes = c[0].numel() * c.element_size()
+    assert c.untyped_storage().nbytes() <= 2 * state_bytes, "the op allocated more than two states"
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("cell", ["cbm", "convlstm"])
+def test_final_state_only_with_autograd(cell, backend):
+    """With gradients the forward keeps every state for backward and returns the last; the gradients through it
+    are the full run's."""
+    x, args = _inputs(cell, T=4, seed=3)
+    leaves = [x.clone().requires_grad_()] + [a.clone().requires_grad_() for a in args]
+    full = [x.clone().requires_grad_()] + [a.clone().requires_grad_() for a in args]
+    out, c = _run(cell, leaves[0], leaves[1:], backend, all_states=False)
+    out_f, c_f = _run(cell, full[0], full[1:], "reference", all_states=True)
+    assert c.shape[0] == 1
+    assert_close_rel(c, c_f[-1:], torch.float64, "final state")
+    g = torch.Generator().manual_seed(5)
+    w_out, w_c = torch.randn(out.shape, generator=g, dtype=torch.float64), torch.randn(c.shape, generator=g,
+                                                                                       dtype=torch.float64)
+    grads = torch.autograd.grad((out * w_out).sum() + (c * w_c).sum(), leaves)
+    grads_f = torch.autograd.grad((out_f * w_out).sum() + (c_f[-1:] * w_c).sum(), full)
+    for i, (a, b) in enumerate(zip(grads, grads_f)):
+        assert_close_rel(a, b, torch.float64, f"gradient {i}")
+
+
+@pytest.mark.parametrize("sizes", [dict(T=0), dict(T=3, B=0), dict(T=2, H=0)], ids=["T0", "B0", "H0"])
+@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("cell", ["cbm", "convlstm"])
+def test_empty_sequences(cell, backend, sizes):
+    """``c[-1:]`` of the empty full result: (0, ...) for T = 0, (1, ...) with an empty batch or image."""
+    x, args = _inputs(cell, **sizes)
+    _, c_full = _run(cell, x, args, "reference", all_states=True)
+    with torch.no_grad():
+        _, c = _run(cell, x, args, backend, all_states=False)
+    assert c.shape == c_full[-1:].shape
+
+
+@pytest.mark.parametrize("return_states", [False, True])
+@pytest.mark.parametrize("module", [CBM, ConvLSTM])
+def test_modules_in_inference_match_the_reference(module, return_states):
+    """The modules keep only final states unless asked for the per-step ones; their results are unchanged."""
+    torch.manual_seed(0)
+    ref = module(2, [3, 4], kernel_size=3, num_layers=2, backend="reference").double()
+    nat = module(2, [3, 4], kernel_size=3, num_layers=2, backend="native").double()
+    nat.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 2, 6, 4, dtype=torch.float64)
+    with torch.no_grad():
+        got, want = nat(x, return_states=return_states), ref(x, return_states=return_states)
+    for i, (a, b) in enumerate(zip(_tensors(got), _tensors(want), strict=True)):
+        assert_close_rel(a, b, torch.float64, f"result {i}")
+
+
+def _tensors(result) -> list:
+    """Every tensor of a module's result (output, final states, per-step states), nested lists flattened."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    return [t for item in result for t in _tensors(item)]
