@@ -53,7 +53,9 @@ from deeprnn_cuda import _native
 assert os.path.realpath(deeprnn_cuda.__file__).startswith(os.path.realpath(sys.argv[1])), deeprnn_cuda.__file__
 assert _native.is_available(), _native.unavailable_reason()
 info = _native.build_info()
-assert set(info) == {"cuda_compiled", "cuda", "cpu"} and info["cuda_compiled"] == _native.cuda_compiled(), info
+assert set(info) == {"cuda_compiled", "cuda", "cpu", "threads"} and info["cuda_compiled"] == _native.cuda_compiled(), info
+# The wheel's epilogues reach torch's threads where its build said so (-fopenmp under torch's OpenMP backend).
+assert torch.ops.deeprnn.cpu_kernels_parallel() == info["threads"].startswith("CPU epilogues multithreaded"), info
 torch.manual_seed(0)
 x = torch.randn(3, 2, 2, 5, 5, dtype=torch.float64)
 args = (torch.randn(4, 2, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64),
