@@ -1,6 +1,6 @@
 """Comparison helpers for tests: DESIGN.md section 5 tolerances."""
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -43,9 +43,13 @@ def make_inputs(T, B, C_in, C, H, W, k_r=3, k_t=3, dtype=torch.float64, bias=Tru
 
 
 @contextlib.contextmanager
-def cpu_conv_chunk_elements(elements: int) -> Iterator[None]:
+def cpu_conv_chunk_elements(elements: Optional[int]) -> Iterator[None]:
     """Run the native CPU driver with ``StepKernels::conv_chunk_elements = elements`` (default 2^18; <= 0: one
-    chunk), so tiny shapes reach its chunk branches; the previous value is restored on exit."""
+    chunk; None: leave it as it is), so tiny shapes reach its chunk branches; the previous value is restored on
+    exit."""
+    if elements is None:
+        yield
+        return
     previous = torch.ops.deeprnn._set_cpu_conv_chunk_elements(elements)
     try:
         yield

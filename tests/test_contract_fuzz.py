@@ -23,7 +23,6 @@ fake kernels and the Triton ops validated nothing (a direct call read out of bou
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import os
 import random
@@ -596,10 +595,8 @@ DRIVER_CHUNKS = (None, 0, 1, 3000)
 def _driver_chunk(data, call: Call, backend: Backend):
     """For the native CPU backend, now one, now another of the driver's chunk sizes, so every branch of the
     recurrence driver meets the fuzz's shapes, dtypes and mistakes."""
-    if (backend.name, backend.device) != ("native", "cpu"):
-        return contextlib.nullcontext()
-    chunk = _choose(data, call, DRIVER_CHUNKS)
-    return contextlib.nullcontext() if chunk is None else cpu_conv_chunk_elements(chunk)
+    native_cpu = (backend.name, backend.device) == ("native", "cpu")
+    return cpu_conv_chunk_elements(_choose(data, call, DRIVER_CHUNKS) if native_cpu else None)
 
 
 def _expect_value_error(fn, name: str) -> None:

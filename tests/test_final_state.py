@@ -4,13 +4,12 @@ then keep two states instead of T (csrc/recurrence.h: StepStates), in every form
 The independent side is the reference layer run with every state kept, in float64; the storage check catches
 an op that computes all T states and slices the last.
 """
-import contextlib
-
 import pytest
 import torch
 
+from cell_helpers import make_cell_inputs
 from deeprnn_cuda import CBM, ConvLSTM, _native, cbm_layer, convlstm_layer
-from helpers import assert_close_rel, cpu_conv_chunk_elements
+from helpers import assert_close_rel, cpu_conv_chunk_elements, make_inputs
 
 pytestmark = pytest.mark.skipif(not _native.is_available(), reason="native extension not built")
 
@@ -18,32 +17,27 @@ pytestmark = pytest.mark.skipif(not _native.is_available(), reason="native exten
 CHUNKS = {None: "default", 0: "one-chunk", 1: "one-step-per-chunk", 700: "chunks-of-few-steps"}
 
 
-def _inputs(cell: str, T: int, B: int = 2, C_in: int = 2, C: int = 3, H: int = 4, W: int = 5, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
+def _inputs(cell: str, seed: int, **sizes):
+    """The layer's keyword inputs (requiring grad) at small sizes, ``sizes`` overriding them."""
+    shape = {**dict(T=4, B=2, C_in=2, C=3, H=4, W=5), **sizes}
+    return make_inputs(**shape, seed=seed) if cell == "cbm" else make_cell_inputs(cell, **shape, seed=seed)
 
-    def rnd(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5
 
-    x = rnd(T, B, C_in, H, W)
+def _run(cell: str, inputs, backend: str, all_states: bool):
     if cell == "cbm":
-        return x, (rnd(C, C_in, 3, 3), rnd(C), rnd(C, C_in + C, 3, 3), rnd(C), rnd(B, C, H, W))
-    return x, (rnd(4 * C, C_in + C, 3, 3), rnd(4 * C), rnd(B, C, H, W), rnd(B, C, H, W))
-
-
-def _run(cell: str, x, args, backend: str, all_states: bool):
-    if cell == "cbm":
-        return cbm_layer(x, *args, act_r="tanh", backend=backend, all_states=all_states)
-    return convlstm_layer(x, *args, backend=backend, all_states=all_states)
+        return cbm_layer(**inputs, act_r="tanh", backend=backend, all_states=all_states)
+    return convlstm_layer(**inputs, backend=backend, all_states=all_states)
 
 
 @pytest.mark.parametrize("chunk", list(CHUNKS), ids=list(CHUNKS.values()))
 @pytest.mark.parametrize("T", [1, 2, 5])
 @pytest.mark.parametrize("cell", ["cbm", "convlstm"])
 def test_native_inference_keeps_only_the_final_state(cell, T, chunk):
-    x, args = _inputs(cell, T, seed=T)
-    out_ref, c_ref = _run(cell, x, args, "reference", all_states=True)
-    with torch.no_grad(), (cpu_conv_chunk_elements(chunk) if chunk is not None else contextlib.nullcontext()):
-        out, c = _run(cell, x, args, "native", all_states=False)
+    inputs = _inputs(cell, seed=T, T=T)
+    with torch.no_grad():
+        out_ref, c_ref = _run(cell, inputs, "reference", all_states=True)
+        with cpu_conv_chunk_elements(chunk):
+            out, c = _run(cell, inputs, "native", all_states=False)
     assert c.shape == (1,) + tuple(c_ref.shape[1:])
     assert_close_rel(out, out_ref, torch.float64, f"{cell} output")
     assert_close_rel(c, c_ref[-1:], torch.float64, f"{cell} final state")
@@ -56,16 +50,16 @@ def test_native_inference_keeps_only_the_final_state(cell, T, chunk):
 def test_final_state_only_with_autograd(cell, backend):
     """With gradients the forward keeps every state for backward and returns the last; the gradients through it
     are the full run's."""
-    x, args = _inputs(cell, T=4, seed=3)
-    leaves = [x.clone().requires_grad_()] + [a.clone().requires_grad_() for a in args]
-    full = [x.clone().requires_grad_()] + [a.clone().requires_grad_() for a in args]
-    out, c = _run(cell, leaves[0], leaves[1:], backend, all_states=False)
-    out_f, c_f = _run(cell, full[0], full[1:], "reference", all_states=True)
+    inputs, full_inputs = _inputs(cell, seed=3), _inputs(cell, seed=3)  # the same values, separate leaves
+    out, c = _run(cell, inputs, backend, all_states=False)
+    out_f, c_f = _run(cell, full_inputs, "reference", all_states=True)
     assert c.shape[0] == 1
     assert_close_rel(c, c_f[-1:], torch.float64, "final state")
     g = torch.Generator().manual_seed(5)
     w_out, w_c = torch.randn(out.shape, generator=g, dtype=torch.float64), torch.randn(c.shape, generator=g,
                                                                                        dtype=torch.float64)
+    leaves = [v for v in inputs.values() if v is not None]
+    full = [v for v in full_inputs.values() if v is not None]
     grads = torch.autograd.grad((out * w_out).sum() + (c * w_c).sum(), leaves)
     grads_f = torch.autograd.grad((out_f * w_out).sum() + (c_f[-1:] * w_c).sum(), full)
     for i, (a, b) in enumerate(zip(grads, grads_f)):
@@ -77,10 +71,10 @@ def test_final_state_only_with_autograd(cell, backend):
 @pytest.mark.parametrize("cell", ["cbm", "convlstm"])
 def test_empty_sequences(cell, backend, sizes):
     """``c[-1:]`` of the empty full result: (0, ...) for T = 0, (1, ...) with an empty batch or image."""
-    x, args = _inputs(cell, **sizes)
-    _, c_full = _run(cell, x, args, "reference", all_states=True)
+    inputs = _inputs(cell, seed=0, **sizes)
     with torch.no_grad():
-        _, c = _run(cell, x, args, backend, all_states=False)
+        _, c_full = _run(cell, inputs, "reference", all_states=True)
+        _, c = _run(cell, inputs, backend, all_states=False)
     assert c.shape == c_full[-1:].shape
 
 
