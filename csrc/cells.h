@@ -17,7 +17,7 @@ namespace deeprnn {
 // ConvLSTM, gates i, f, o, g (ndrplz/ConvLSTM_pytorch's order).
 struct LstmStepKernels {
   // A = p + rec (both (B, 4C, H, W));  gates = [σ(A_i), σ(A_f), σ(A_o), tanh(A_g)];  c = f*c_prev + i*g;
-  // h = o*tanh(c). `gates` may be `p` itself, or undefined (inference: they are not kept).
+  // h = o*tanh(c). `gates` undefined: inference, where they are not kept.
   void (*forward)(const at::Tensor& p, const at::Tensor& rec, const at::Tensor& c_prev, const at::Tensor& gates,
                   const at::Tensor& c, const at::Tensor& h);
   // dh = grad_h + dh_next;  dc = grad_c + dc_next + dh*o*(1 - tanh²c);  dA = gate pre-activation gradients

@@ -7,8 +7,8 @@
 
 #include <string>
 
-// setup.py writes this header into its build folder: the toolkit, SIMD and threading decisions, as JSON. Builds that do not
-// (CMake) record nothing.
+// setup.py writes this header into its build folder: the toolkit, SIMD and threading decisions, as JSON. Builds
+// that do not (CMake) record nothing.
 #if __has_include("deeprnn_build_info.h")
 #include "deeprnn_build_info.h"
 #else
