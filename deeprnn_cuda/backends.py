@@ -1,10 +1,8 @@
 """Backend registry of every cell: which implementations exist here, and which one ``backend="auto"`` picks.
 
 A backend of a cell is a callable with the signature of the cell's reference (validated arguments, initial
-states materialized): :func:`deeprnn_cuda.cbm.cbm_layer_ref`, :func:`deeprnn_cuda.convlstm.convlstm_layer_ref`,
-:func:`deeprnn_cuda.convgru.convgru_layer_ref`. Optional backends are imported lazily so that a missing
-extension or a missing Triton never breaks ``import deeprnn_cuda``; so are the references (their modules
-import this one).
+states materialized), those of :mod:`deeprnn_cuda.reference`. Optional backends are imported lazily so that a
+missing extension or a missing Triton never breaks ``import deeprnn_cuda``.
 """
 from __future__ import annotations
 
@@ -16,10 +14,13 @@ import torch
 
 from . import autotune
 from ._checks import BACKENDS, check_choice
+from .reference import cbm_layer_ref, convgru_layer_ref, convlstm_layer_ref
 
-#: the cell families; each has ``<cell>_layer_ref`` in ``deeprnn_cuda.<cell>``, ``<cell>_layer_native`` in
+#: the cell families; each has ``<cell>_layer_ref`` in :mod:`deeprnn_cuda.reference`, ``<cell>_layer_native`` in
 #: :mod:`deeprnn_cuda._native` and, once its kernels exist, ``<cell>_layer_triton`` in the Triton backend.
 CELLS = ("cbm", "convlstm", "convgru")
+
+_REFERENCES = {"cbm": cbm_layer_ref, "convlstm": convlstm_layer_ref, "convgru": convgru_layer_ref}
 
 _warned_fallback = False
 _warned_cells = set()
@@ -40,17 +41,7 @@ def _triton():
 def reference_of(cell: str) -> Callable:
     """The pure-PyTorch reference layer of ``cell``."""
     check_choice("cell", cell, CELLS)
-    if cell == "cbm":
-        from .cbm import cbm_layer_ref
-
-        return cbm_layer_ref
-    if cell == "convlstm":
-        from .convlstm import convlstm_layer_ref
-
-        return convlstm_layer_ref
-    from .convgru import convgru_layer_ref
-
-    return convgru_layer_ref
+    return _REFERENCES[cell]
 
 
 def empty_result(x: torch.Tensor, shapes: Sequence[Tuple[int, ...]],
@@ -144,7 +135,6 @@ def resolve_backend(backend: str, x: torch.Tensor) -> Callable:
     """
     global _warned_fallback
     check_choice("backend", backend, BACKENDS)
-    cbm_layer_ref = reference_of("cbm")
     if backend == "reference":
         return cbm_layer_ref
     if backend == "native":

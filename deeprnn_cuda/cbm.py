@@ -1,5 +1,6 @@
 """The Context Bridge Module family: the op :func:`cbm_layer`, its reference :func:`cbm_layer_ref` (the per-step
-loop of DESIGN.md section 1, the ground truth of every backend) and the modules ``CBMCell`` and ``CBM``.
+loop of DESIGN.md section 1, the ground truth of every backend; defined in :mod:`deeprnn_cuda.reference`) and the
+modules ``CBMCell`` and ``CBM``.
 """
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._checks import ACT_R_CODES, ACT_T_CODES, BACKENDS, MERGE_CODES, check_cbm_args, check_choice
 from ._stack import (
@@ -21,56 +21,9 @@ from ._stack import (
 )
 from .authors import authors_to_cbm_state_dict, infer_authors_config
 from .backends import autocast_args, empty_result, resolve_backend
+from .reference import ACTIVATIONS, cbm_layer_ref  # noqa: F401  (public here too, beside its op)
 
 TD_GRANULARITIES = ("node", "sample")
-
-ACTIVATIONS = {
-    "identity": lambda z: z,
-    "relu": torch.relu,
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-}
-
-
-def cbm_layer_ref(
-    x: torch.Tensor,
-    weight_r: torch.Tensor,
-    bias_r: Optional[torch.Tensor],
-    weight_t: torch.Tensor,
-    bias_t: Optional[torch.Tensor],
-    c0: torch.Tensor,
-    *,
-    td_mask: Optional[torch.Tensor] = None,
-    act_r: str = "relu",
-    act_t: str = "sigmoid",
-    merge: str = "mul",
-    all_states: bool = True,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The reference CBM layer: one step at a time, no fusion, autograd does the backward; arguments already
-    validated, ``c0`` given.
-
-    ``x``: ``(T, B, C_in, H, W)``; returns ``(o, c)``, both ``(T, B, C, H, W)`` (``all_states=False``: c is
-    ``c[-1:]``).
-    Temporal Dropout detaches ``x_t`` on the T unit's input where ``td_mask`` is True
-    (``(T,)``: the whole step; ``(T, B)``: per sample), as the authors' code does.
-    """
-    pad_r = weight_r.shape[-1] // 2
-    pad_t = weight_t.shape[-1] // 2
-    f_r, f_t = ACTIVATIONS[act_r], ACTIVATIONS[act_t]
-    c = c0
-    outputs, states = [], []
-    for t in range(x.shape[0]):
-        x_t = x[t]
-        x_for_t = x_t
-        if td_mask is not None:
-            drop = td_mask[t].view(-1, 1, 1, 1)  # (1 or B, 1, 1, 1)
-            x_for_t = torch.where(drop, x_t.detach(), x_t)
-        r = f_r(F.conv2d(x_t, weight_r, bias_r, padding=pad_r))
-        c = f_t(F.conv2d(torch.cat([x_for_t, c], dim=1), weight_t, bias_t, padding=pad_t))
-        outputs.append(r * c if merge == "mul" else r + c)
-        states.append(c)
-    states = torch.stack(states)
-    return torch.stack(outputs), states if all_states else states[-1:]
 
 
 def cbm_layer(

@@ -191,8 +191,8 @@ def _train_video_prediction(args: argparse.Namespace) -> int:
     """Train a DeepVideoPredictor on moving digits; print PSNR/SSIM per predicted frame (the paper's Table 4)."""
     import time
 
-    from .models.video_task import run_video_prediction
     from .training import ConfigError
+    from .training.video_task import run_video_prediction
 
     for name in _VIDEO_UNUSED:
         if getattr(args, name, None) not in (None, False):
@@ -223,8 +223,8 @@ def _train_video_prediction(args: argparse.Namespace) -> int:
 def _train_moving_mnist(args: argparse.Namespace) -> int:
     """Train a deep CBM or ConvLSTM predictor on Moving (Fashion-)MNIST; print the per-horizon table."""
     from .data.idx import MissingDataError
-    from .models.moving_mnist_task import MovingMNISTConfig, run_moving_mnist
     from .training import ConfigError
+    from .training.moving_mnist_task import MovingMNISTConfig, run_moving_mnist
 
     for name in _MNIST_UNUSED:
         if getattr(args, name, None) not in (None, False):

@@ -1,5 +1,5 @@
-"""The convolutional GRU family: the op :func:`convgru_layer`, its reference :func:`convgru_layer_ref` and the
-``ConvGRU`` stack module, shaped like ``nn.GRU``.
+"""The convolutional GRU family: the op :func:`convgru_layer`, its reference :func:`convgru_layer_ref` (defined in
+:mod:`deeprnn_cuda.reference`) and the ``ConvGRU`` stack module, shaped like ``nn.GRU``.
 
 Gates z, r, n (DESIGN.md section 7): ``z|r = σ(conv(x_t, W_x[:2C]) + conv(h_{t-1}, W_h[:2C]) + b)``,
 ``n = tanh(conv(x_t, W_x[2C:]) + conv(r * h_{t-1}, W_h[2C:]) + b_n)``, ``h_t = (1 - z) * n + z * h_{t-1}``.
@@ -10,39 +10,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._checks import check_convgru_args
 from ._stack import IntOrList, _check_state, _ConvRNNStack
 from .backends import autocast_args, empty_result, resolve_cell_backend
-
-
-def convgru_layer_ref(
-    x: torch.Tensor,
-    weight_x: torch.Tensor,
-    bias_x: Optional[torch.Tensor],
-    weight_h: torch.Tensor,
-    bias_h: Optional[torch.Tensor],
-    h0: torch.Tensor,
-) -> torch.Tensor:
-    """The reference ConvGRU layer: one step at a time, no fusion, autograd does the backward. Arguments already
-    validated, ``h0`` given. Returns ``h (T, B, C, H, W)``."""
-    T, B, _, H, W = x.shape
-    C = weight_h.shape[1]
-    if T == 0:
-        return x.new_empty(0, B, C, H, W)
-    pad_x, pad_h = weight_x.shape[-1] // 2, weight_h.shape[-1] // 2
-    b_hzr, b_hn = (None, None) if bias_h is None else (bias_h[: 2 * C], bias_h[2 * C:])
-    h = h0
-    hs = []
-    for t in range(T):
-        a_z, a_r, a_n = torch.split(F.conv2d(x[t], weight_x, bias_x, padding=pad_x), C, dim=1)
-        u_z, u_r = torch.split(F.conv2d(h, weight_h[: 2 * C], b_hzr, padding=pad_h), C, dim=1)
-        z, r = torch.sigmoid(a_z + u_z), torch.sigmoid(a_r + u_r)
-        n = torch.tanh(a_n + F.conv2d(r * h, weight_h[2 * C:], b_hn, padding=pad_h))
-        h = (1 - z) * n + z * h
-        hs.append(h)
-    return torch.stack(hs)
+from .reference import convgru_layer_ref  # noqa: F401  (public here too, beside its op)
 
 
 def convgru_layer(

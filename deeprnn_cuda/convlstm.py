@@ -1,5 +1,5 @@
-"""The convolutional LSTM family: the op :func:`convlstm_layer`, its reference :func:`convlstm_layer_ref` and the
-``ConvLSTM`` stack module (the paper's baseline, shaped like ``nn.LSTM``).
+"""The convolutional LSTM family: the op :func:`convlstm_layer`, its reference :func:`convlstm_layer_ref` (defined in
+:mod:`deeprnn_cuda.reference`) and the ``ConvLSTM`` stack module (the paper's baseline, shaped like ``nn.LSTM``).
 
 Gate layout of ndrplz/ConvLSTM_pytorch, so its checkpoints load (:meth:`ConvLSTM.from_ndrplz_state_dict`): one
 convolution over ``cat([x_t, h_{t-1}])`` with ``4C`` output channels, split into i, f, o, g;
@@ -11,38 +11,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ._checks import check_convlstm_args
 from ._stack import IntOrList, _check_state, _ConvRNNStack
 from .backends import autocast_args, empty_result, resolve_cell_backend
+from .reference import convlstm_layer_ref  # noqa: F401  (public here too, beside its op)
 
 LSTMState = Tuple[torch.Tensor, torch.Tensor]
-
-
-def convlstm_layer_ref(
-    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], h0: torch.Tensor, c0: torch.Tensor,
-    all_states: bool = True,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The reference ConvLSTM layer: one step at a time, as ndrplz/ConvLSTM_pytorch's cell computes it; no
-    fusion, autograd does the backward. Arguments already validated, ``h0`` and ``c0`` given.
-
-    Returns ``(h, c)``, each ``(T, B, C, H, W)`` (``all_states=False``: c is ``c[-1:]``).
-    """
-    T, B, _, H, W = x.shape
-    C = weight.shape[0] // 4
-    if T == 0:
-        return x.new_empty(0, B, C, H, W), x.new_empty(0, B, C, H, W)
-    h, c = h0, c0
-    hs, cs = [], []
-    for t in range(T):
-        a = F.conv2d(torch.cat([x[t], h], dim=1), weight, bias, padding=weight.shape[-1] // 2)
-        a_i, a_f, a_o, a_g = torch.split(a, C, dim=1)
-        c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
-        h = torch.sigmoid(a_o) * torch.tanh(c)
-        hs.append(h)
-        cs.append(c)
-    return torch.stack(hs), torch.stack(cs) if all_states else c.unsqueeze(0)
 
 
 def convlstm_layer(

@@ -81,7 +81,7 @@ MUTANTS: List[Mutant] = [
            "slice_state(index_state(s, f - item.clip.start), j * batch, (j + 1) * batch)",
            "slice_state(index_state(s, f - item.clip.start), 0, batch)",
            TRAINING, "wrong index: every clip of a wave hands on the first clip's state"),
-    # --- cbm.py (module and reference), backends.py (autocast), _op_autograd.py ------------------------------------------------
+    # --- cbm.py (module), reference.py, backends.py (autocast), _op_autograd.py ---------------------------------------------
     Mutant("td-mask-shared", "deeprnn_cuda/cbm.py",
            "return [torch.rand(shape, device=device) < self.td_rate for _ in range(n)]",
            "return [torch.rand(shape, device=device) < self.td_rate] * n",
@@ -93,7 +93,7 @@ MUTANTS: List[Mutant] = [
     Mutant("autocast-casts-float64", "deeprnn_cuda/backends.py",
            "t.is_floating_point() and t.dtype != torch.float64", "t.is_floating_point()",
            ("tests/test_functional.py", "-k", "autocast"), "autocast also casts float64 inputs"),
-    Mutant("reference-td-inverted", "deeprnn_cuda/cbm.py",
+    Mutant("reference-td-inverted", "deeprnn_cuda/reference.py",
            "torch.where(drop, x_t.detach(), x_t)", "torch.where(drop, x_t, x_t.detach())",
            ("tests/test_modules.py", "-k", "td_rate_one"), "swapped arguments: TD cuts the kept steps"),
     Mutant("autograd-bias-flags-swapped", "deeprnn_cuda/_op_autograd.py",

@@ -13,8 +13,8 @@ from deeprnn_cuda.cli import main
 from deeprnn_cuda.data.idx import FASHION_MNIST_DIR, MissingDataError, find_images, read_idx
 from deeprnn_cuda.data.moving_mnist import MovingMNIST
 from deeprnn_cuda.metrics import openstl_frame_metrics, psnr, ssim
-from deeprnn_cuda.models.moving_mnist_task import prediction_loss
 from deeprnn_cuda.models.patch_predictor import PatchRecurrentPredictor
+from deeprnn_cuda.training.moving_mnist_task import prediction_loss
 
 FASHION = FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"
 needs_fashion = pytest.mark.skipif(

@@ -6,7 +6,7 @@ import torch
 
 from deeprnn_cuda.data.moving_digits import digit_glyph, moving_digits
 from deeprnn_cuda.metrics import psnr, ssim
-from deeprnn_cuda.models.video_task import _TEST_SEED_OFFSET, run_video_prediction
+from deeprnn_cuda.training.video_task import _TEST_SEED_OFFSET, run_video_prediction
 
 C1, C2 = 0.01 ** 2, 0.03 ** 2
 

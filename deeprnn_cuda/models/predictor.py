@@ -16,8 +16,8 @@ the rest follows MCnet (``w = width``, 64 in MCnet):
 Prediction is closed loop, as in MCnet: each predicted frame becomes the next content input and its
 difference to the previous frame the next motion input, the recurrent state carried over.
 :meth:`DeepVideoPredictor.predict_next` is the teacher-forced variant for training. Both return logits
-on request: train with a cross entropy on them (see :mod:`.video_task`; MCnet adds a gradient-difference
-and an adversarial loss, not implemented here).
+on request: train with a cross entropy on them (see :mod:`deeprnn_cuda.training.video_task`; MCnet adds a
+gradient-difference and an adversarial loss, not implemented here).
 """
 from __future__ import annotations
 

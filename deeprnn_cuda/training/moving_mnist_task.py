@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from ..data.moving_mnist import MovingMNIST
 from ..metrics import OPENSTL_SSIM, openstl_frame_metrics, ssim
-from ..training.metrics import write_metrics
-from .patch_predictor import PatchRecurrentPredictor
+from ..models.patch_predictor import PatchRecurrentPredictor
+from .metrics import write_metrics
 
 METRIC_NAMES = ("mse", "mae", "ssim", "psnr")
 TEST_SEED_OFFSET = 1_000_003

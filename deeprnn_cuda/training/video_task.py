@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..data.moving_digits import moving_digits
 from ..metrics import psnr, ssim
-from .predictor import DeepVideoPredictor
+from ..models.predictor import DeepVideoPredictor
 
 _TEST_SEED_OFFSET = 1_000_003
 
