@@ -1,9 +1,11 @@
 """backend="auto" picking per shape by measurement (deeprnn_cuda.autotune).
 
 On the CPU there is only one compiled candidate, so these tests inject two fake ones (both the native CPU
-ops; candidate "b"'s layer doubles its outputs so a result shows which one ran) and a fake timer. The tests
-marked ``cuda`` run the real measurement between the native and Triton backends on a GPU.
+ops; candidate "b"'s layer doubles its outputs so a result shows which one ran) and a fake timer, or two real
+native candidates and a timer that records the ops each timed run dispatches. The tests marked ``cuda`` run
+the real measurement between the native and Triton backends on a GPU.
 """
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import torch
 from deeprnn_cuda import _native, autotune, backends, cbm_layer
 from deeprnn_cuda.reference import cbm_layer_ref
 import helpers
+from dispatch_log import DeeprnnOps
 
 HAS_CUDA = torch.cuda.is_available()
 OPS = torch.ops.deeprnn
@@ -23,10 +26,12 @@ SHAPE = dict(T=3, B=2, C_in=2, C=3, H=4, W=4)
 
 
 class Fakes:
-    """Two candidates "a" (static preference) and "b", a timer returning ``cost[name]``, and a log."""
+    """Two candidates "a" (static preference) and "b", a timer returning ``cost[name]``, and a log. The forward
+    op of a candidate in ``fail`` raises ``error(name)``."""
 
     def __init__(self, cost, fail=()):
         self.cost, self.fail, self.log = dict(cost), set(fail), []
+        self.error = lambda name: RuntimeError(f"{name} cannot run this")
         self.candidates = [self._candidate("a", 1.0), self._candidate("b", 2.0)]
 
     def _candidate(self, name, scale):
@@ -35,7 +40,7 @@ class Fakes:
                 isinstance(t, torch.Tensor) and t.requires_grad for t in args)))
             torch.rand(3)  # consumes RNG: measurement must restore it
             if name in self.fail:
-                raise RuntimeError(f"{name} cannot run this")
+                raise self.error(name)
             return OPS.cbm_forward(*args)
 
         def backward(*args):
@@ -43,6 +48,7 @@ class Fakes:
             return OPS.cbm_backward(*args)
 
         def layer(*args, **kwargs):
+            self.log.append(("layer", name, torch.is_grad_enabled(), kwargs["all_states"]))
             o, c = _native.cbm_layer_native(*args, **kwargs)
             return o * scale, c * scale
 
@@ -83,26 +89,71 @@ def test_picks_the_faster_and_caches_per_key(fakes):
 
     n = len(fakes.log)
     cbm_layer(**inputs)
-    assert len(fakes.log) == n  # cached: no measurement
+    assert fakes.log[n:] == [("layer", "b", True, True)]  # cached: no measurement, the winner runs
 
     fakes.cost = {"a": 1.0, "b": 2.0}
     other = helpers.make_inputs(**dict(SHAPE, T=2), dtype=torch.float32)
     o, _ = cbm_layer(**other)
     torch.testing.assert_close(o, native_out(other)[0])  # new shape: measured again, "a" wins
     assert fakes.measured() == ["a", "b", "a", "b"]
-    with torch.no_grad():  # no gradients needed: another key, forward only
+    with torch.no_grad():  # no gradients needed: another key, measured on the layers (next tests)
         cbm_layer(**inputs)
-    assert fakes.measured() == ["a", "b"] * 3 and fakes.measured("backward") == ["a", "b"] * 2
+    assert fakes.measured() == ["a", "b"] * 2 and fakes.measured("backward") == ["a", "b"] * 2
     assert len(autotune.cache()) == 3
 
 
-def test_inference_mode_measures_forward_only(fakes):
+@pytest.mark.parametrize("all_states", [True, False])
+@pytest.mark.parametrize("how", ["no_grad", "inference_mode", "no_input_requires_grad"])
+def test_call_without_gradients_measures_the_layers_with_its_all_states(fakes, how, all_states):
+    """Without gradients the layer runs the inference op, not the forward op: the layers are what is timed,
+    with the call's all_states, and the key records it."""
     inputs = helpers.make_inputs(**SHAPE, dtype=torch.float32)
-    with torch.inference_mode():
-        o, _ = cbm_layer(**inputs)
-    torch.testing.assert_close(o, 2 * native_out(inputs)[0].detach())
-    assert fakes.measured() == ["a", "b"] and fakes.measured("backward") == []
-    assert not next(iter(autotune.cache())).grad
+    if how == "no_input_requires_grad":
+        inputs = {k: v.detach() for k, v in inputs.items()}
+    with {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(how, contextlib.nullcontext)():
+        o, c = cbm_layer(**inputs, all_states=all_states)
+    eo, ec = native_out({k: v.detach() for k, v in inputs.items()})
+    torch.testing.assert_close((o, c), (2 * eo, 2 * (ec if all_states else ec[-1:])))
+    measured = [("layer", "a", False, all_states), ("layer", "b", False, all_states)]
+    assert fakes.log[:2] == measured and fakes.measured() == []
+    (key, _), = autotune.cache().items()
+    assert not key.grad and key.all_states is all_states
+
+
+def test_all_states_has_its_own_key_only_without_gradients(fakes):
+    inputs = helpers.make_inputs(**SHAPE, dtype=torch.float32)
+    cbm_layer(**inputs, all_states=True)
+    cbm_layer(**inputs, all_states=False)  # the same forward and backward ops run: cached
+    with torch.no_grad():
+        cbm_layer(**inputs, all_states=True)
+        cbm_layer(**inputs, all_states=False)  # the inference op keeps fewer states: measured again
+    assert sorted((k.grad, k.all_states) for k in autotune.cache()) == [(False, False), (False, True), (True, None)]
+    assert fakes.measured() == ["a", "b"]
+    assert [e[1:] for e in fakes.log if e[0] == "layer" and not e[2]] == [
+        ("a", False, True), ("b", False, True), ("b", False, True),
+        ("a", False, False), ("b", False, False), ("b", False, False)]
+
+
+@pytest.mark.parametrize("all_states", [True, False])
+def test_timed_ops_are_the_ops_the_call_runs_without_gradients(monkeypatch, all_states):
+    """Two real native candidates: what each timed run dispatches is what the call itself then dispatches."""
+    native = autotune.Candidate("native", _native.cbm_layer_native, OPS.cbm_forward, OPS.cbm_backward)
+    monkeypatch.setattr(backends, "auto_candidates", lambda x: [native, native._replace(name="again")])
+    timed = []
+
+    def recording_timer(fn):
+        with DeeprnnOps() as ops:
+            fn()
+        timed.append(ops.ops)
+        return 1.0
+
+    monkeypatch.setattr(autotune, "time_ms", recording_timer)
+    inputs = helpers.make_inputs(**SHAPE, dtype=torch.float32)
+    with helpers.fresh_autotune(), torch.no_grad():
+        cbm_layer(**inputs, all_states=all_states)  # measures
+        with DeeprnnOps() as ops:  # cached: the dispatch mode does not stop it from running the choice
+            cbm_layer(**inputs, all_states=all_states)
+    assert len(timed) == 2 and ops.ops and timed[0] == timed[1] == ops.ops
 
 
 def test_key_tracks_options_and_precision_flags(fakes, monkeypatch):
@@ -144,14 +195,57 @@ def test_measurement_leaves_rng_inputs_and_graph_alone(fakes):
     torch.testing.assert_close(got, want)
 
 
-def test_failing_candidate_is_dropped(fakes):
+def triton_out_of_resources():
+    errors = pytest.importorskip("triton.runtime.errors")
+    return errors.OutOfResources(300000, 232448, "shared memory")
+
+
+#: failures that leave the device usable: the candidate is skipped
+SKIPPED = {
+    "RuntimeError": lambda: RuntimeError("b cannot run this"),
+    "ValueError": lambda: ValueError("this backend does not support k_t=9"),
+    "NotImplementedError": lambda: NotImplementedError("no kernel for this dtype"),
+    "OutOfMemoryError": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "triton OutOfResources": triton_out_of_resources,
+}
+
+#: CUDA errors, sticky or not: they propagate
+CUDA_ERRORS = {
+    "AcceleratorError": lambda: torch.AcceleratorError("unspecified launch failure"),  # the type decides
+    "device-side assert": lambda: RuntimeError(
+        "CUDA error: device-side assert triggered\nCompile with `TORCH_USE_CUDA_DSA` to enable device-side "
+        "assertions."),
+    "triton launch": lambda: RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered"),
+    "cudnn": lambda: RuntimeError("cuDNN error: CUDNN_STATUS_EXECUTION_FAILED"),
+}
+
+
+@pytest.mark.parametrize("error", SKIPPED)
+def test_failing_candidate_is_dropped(fakes, error):
     fakes.fail = {"b"}
+    fakes.error = lambda name: SKIPPED[error]()
     inputs = helpers.make_inputs(**SHAPE, dtype=torch.float32)
     with pytest.warns(UserWarning, match="backend 'b' failed on this shape and is skipped"):
         o, _ = cbm_layer(**inputs)
     torch.testing.assert_close(o, native_out(inputs)[0])
     assert [e.backend for e in autotune.cache().values()] == ["a"]
     assert next(iter(autotune.cache().values())).times_ms == {"a": 3.0}
+
+
+@pytest.mark.parametrize("error", CUDA_ERRORS)
+def test_cuda_error_of_a_candidate_propagates(fakes, error):
+    """An illegal address or device-side assert leaves the CUDA context unusable: skipping the candidate would
+    only move the error to the next call. It propagates at once, nothing else runs, nothing is cached."""
+    fakes.fail = {"a"}
+    raised = CUDA_ERRORS[error]()
+    fakes.error = lambda name: raised
+    inputs = helpers.make_inputs(**SHAPE, dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "skipped" warning either
+        with pytest.raises(type(raised)) as info:
+            cbm_layer(**inputs)
+    assert info.value is raised
+    assert fakes.measured() == ["a"] and autotune.cache() == {}
 
 
 def test_all_candidates_failing_takes_the_first_uncached(fakes):
@@ -204,7 +298,7 @@ def test_no_measurement_under_torch_compile(fakes):
     try:
         got = torch.compile(step, fullgraph=True, backend="aot_eager")(**inputs)
         torch.testing.assert_close(got, want_a)
-        assert fakes.log == [] and autotune.cache() == {}
+        assert fakes.log == [("layer", "a", True, True)] and autotune.cache() == {}  # traced once, not timed
         step(**inputs)  # eager: measures, caches "b"
         torch._dynamo.reset()
         got = torch.compile(step, fullgraph=True, backend="aot_eager")(**inputs)
@@ -220,7 +314,7 @@ def test_no_measurement_on_fake_tensors(fakes):
     with FakeTensorMode():
         inputs = helpers.make_inputs(**SHAPE, dtype=torch.float32)
         o, _ = cbm_layer(**inputs)
-    assert o.shape == (3, 2, 3, 4, 4) and fakes.log == [] and autotune.cache() == {}
+    assert o.shape == (3, 2, 3, 4, 4) and fakes.log == [("layer", "a", True, True)] and autotune.cache() == {}
 
 
 def test_cpu_auto_is_native_without_measuring(monkeypatch):

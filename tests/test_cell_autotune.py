@@ -2,13 +2,15 @@
 
 As in tests/test_autotune.py: on the CPU there is one compiled candidate, so these tests inject two fake ones
 ("a" the native layer, "b" the native layer with its outputs doubled, so a result shows which one ran) and a fake
-timer. The test marked for CUDA measures the real native and Triton backends on a GPU.
+timer, or two real native candidates and a timer that records the ops each timed run dispatches. The test marked
+for CUDA measures the real native and Triton backends on a GPU.
 """
 import pytest
 import torch
 
 from cell_helpers import CELLS, layer, make_cell_inputs, outputs
 from deeprnn_cuda import _native, autotune, backends, convgru_layer_ref, convlstm_layer_ref
+from dispatch_log import DeeprnnOps
 from helpers import assert_close_rel, fresh_autotune
 
 needs_native = pytest.mark.skipif(not _native.is_available(), reason="native extension not built")
@@ -16,10 +18,12 @@ SHAPE = dict(T=3, B=2, C_in=2, C=3, H=4, W=4)
 
 
 class Fakes:
-    """Candidates "a" (static preference) and "b" per cell, a timer returning ``cost[name]``, and a log."""
+    """Candidates "a" (static preference) and "b" per cell, a timer returning ``cost[name]``, and a log of
+    ``(name, grad mode, any input requires grad, all_states)``. A candidate in ``fail`` raises ``error(name)``."""
 
     def __init__(self, cost, fail=()):
         self.cost, self.fail, self.log = dict(cost), set(fail), []
+        self.error = lambda name: RuntimeError(f"{name} cannot run this")
 
     def candidates(self, cell, x):
         native = getattr(_native, f"{cell}_layer_native")
@@ -27,10 +31,10 @@ class Fakes:
         def make(name, scale):
             def run(*args, **options):
                 self.log.append((name, torch.is_grad_enabled(), any(
-                    t is not None and t.requires_grad for t in args)))
+                    t is not None and t.requires_grad for t in args), options.get("all_states")))
                 torch.rand(3)  # consumes RNG: measurement must restore it
                 if name in self.fail:
-                    raise RuntimeError(f"{name} cannot run this")
+                    raise self.error(name)
                 out = native(*args, **options)  # ConvLSTM: (h, c); ConvGRU: h
                 return scale * out if isinstance(out, torch.Tensor) else tuple(scale * o for o in out)
 
@@ -93,6 +97,72 @@ def test_cells_and_precision_flags_have_their_own_keys(fakes, monkeypatch):
     layer("convlstm")(**lstm)
     assert sorted((k.cell, k.tf32) for k in autotune.cache()) == [
         ("convgru", None), ("convlstm", (False, False)), ("convlstm", (True, False))]
+
+
+@needs_native
+@pytest.mark.parametrize("all_states", [True, False])
+def test_convlstm_without_gradients_measures_with_the_calls_all_states(fakes, all_states):
+    """Without gradients the native layer runs its inference op, which keeps only the final state when
+    all_states=False: the candidates are timed with the call's all_states, and the key records it."""
+    inputs = make_cell_inputs("convlstm", **SHAPE)
+    with torch.no_grad():
+        h, c = layer("convlstm")(**inputs, all_states=all_states)
+    eh, ec = native_outputs("convlstm", inputs)
+    torch.testing.assert_close((h, c), (2 * eh, 2 * (ec if all_states else ec[-1:])))
+    # timed on detached leaves, then the winner runs on the caller's tensors
+    assert fakes.log == [("a", False, False, all_states), ("b", False, False, all_states),
+                         ("b", False, True, all_states)]
+    (key, _), = autotune.cache().items()
+    assert not key.grad and key.all_states is all_states
+
+
+@needs_native
+def test_all_states_has_its_own_key_only_without_gradients(fakes):
+    lstm, gru = make_cell_inputs("convlstm", **SHAPE), make_cell_inputs("convgru", **SHAPE)
+    layer("convlstm")(**lstm, all_states=True)
+    layer("convlstm")(**lstm, all_states=False)  # the same forward and backward ops run: cached
+    with torch.no_grad():
+        layer("convlstm")(**lstm, all_states=True)
+        layer("convlstm")(**lstm, all_states=False)  # the inference op keeps fewer states: measured again
+        layer("convgru")(**gru)
+    assert sorted((k.cell, k.grad, k.all_states) for k in autotune.cache()) == [
+        ("convgru", False, None), ("convlstm", False, False), ("convlstm", False, True), ("convlstm", True, None)]
+    assert len(fakes.log) == 3 + 1 + 3 + 3 + 3  # measured twice and ran: three times; cached: once
+
+
+@needs_native
+@pytest.mark.parametrize("all_states", [True, False])
+def test_timed_ops_are_the_ops_the_call_runs_without_gradients(monkeypatch, all_states):
+    """Two real native candidates: what each timed run dispatches is what the call itself then dispatches."""
+    native = _native.convlstm_layer_native
+    monkeypatch.setattr(backends, "cell_auto_candidates", lambda cell, x: [("native", native), ("again", native)])
+    timed = []
+
+    def recording_timer(fn):
+        with DeeprnnOps() as ops:
+            fn()
+        timed.append(ops.ops)
+        return 1.0
+
+    monkeypatch.setattr(autotune, "time_ms", recording_timer)
+    inputs = make_cell_inputs("convlstm", **SHAPE)
+    with fresh_autotune(), torch.no_grad():
+        layer("convlstm")(**inputs, all_states=all_states)  # measures
+        with DeeprnnOps() as ops:  # cached: the dispatch mode does not stop it from running the choice
+            layer("convlstm")(**inputs, all_states=all_states)
+    assert len(timed) == 2 and ops.ops and timed[0] == timed[1] == ops.ops
+
+
+@needs_native
+def test_cuda_error_of_a_candidate_propagates(fakes):
+    """A sticky CUDA error is not skipped (rule and cases: tests/test_autotune.py): it propagates at once."""
+    fakes.fail = {"a"}
+    raised = torch.AcceleratorError("CUDA error: device-side assert triggered")
+    fakes.error = lambda name: raised
+    with pytest.raises(torch.AcceleratorError) as info:
+        layer("convgru")(**make_cell_inputs("convgru", **SHAPE))
+    assert info.value is raised
+    assert [e[0] for e in fakes.log] == ["a"] and autotune.cache() == {}
 
 
 @needs_native
