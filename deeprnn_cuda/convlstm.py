@@ -95,6 +95,61 @@ def infer_ndrplz_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
     }
 
 
+def strip_lightning_prefix(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state_dict`` without the ``model.`` prefix of OpenSTL's Lightning checkpoints (when every key has it)."""
+    if state_dict and all(k.startswith("model.") for k in state_dict):
+        return {k[len("model."):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def _openstl_layers(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """How many ``cell_list.{i}`` cells an OpenSTL ConvLSTM state dict has; refuses ``layer_norm=1`` ones."""
+    if "cell_list.0.conv_x.1.weight" in state_dict:
+        raise ValueError("OpenSTL ConvLSTM checkpoint trained with layer_norm=1: its LayerNorm after each "
+                         "convolution cannot be folded into the fused cell's weights; only layer_norm=0 loads")
+    num_layers = 0
+    while f"cell_list.{num_layers}.conv_x.0.weight" in state_dict:
+        num_layers += 1
+    if num_layers == 0:
+        raise ValueError("state_dict has no 'cell_list.0.conv_x.0.weight': not an OpenSTL ConvLSTM")
+    return num_layers
+
+
+def openstl_to_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """OpenSTL's ``cell_list.{i}.conv_x.0.weight`` and ``conv_h.0.weight`` (bias-free) as our ``layers.{i}.weight``
+    (``cat([conv_x, conv_h], dim=1)``, gate rows reordered i, f, g, o -> i, f, o, g) and a zero ``layers.{i}.bias``.
+    Their unused ``conv_o`` and per-cell ``conv_last`` are dropped; any other key raises ``ValueError``."""
+    state_dict = strip_lightning_prefix(state_dict)
+    num_layers = _openstl_layers(state_dict)
+    known = {f"cell_list.{i}.{name}.0.weight" for i in range(num_layers) for name in ("conv_x", "conv_h", "conv_o")}
+    known |= {f"cell_list.{i}.conv_last.weight" for i in range(num_layers)}
+    out = {}
+    for i in range(num_layers):
+        weight = torch.cat([state_dict[f"cell_list.{i}.conv_x.0.weight"], state_dict[f"cell_list.{i}.conv_h.0.weight"]], 1)
+        i_, f_, g_, o_ = weight.chunk(4)
+        out[f"layers.{i}.weight"] = torch.cat([i_, f_, o_, g_])
+        out[f"layers.{i}.bias"] = weight.new_zeros(weight.shape[0])
+    unknown = sorted(k for k in state_dict if k not in known and k.startswith("cell_list."))
+    if unknown:
+        raise ValueError(f"not an OpenSTL ConvLSTM key: {unknown[0]!r}")
+    return out
+
+
+def infer_openstl_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """``in_channels``, ``hidden_channels``, ``kernel_size`` and ``num_layers`` of an OpenSTL ConvLSTM state dict
+    (with or without the ``model.`` prefix)."""
+    state_dict = strip_lightning_prefix(state_dict)
+    num_layers = _openstl_layers(state_dict)
+    weights = [state_dict[f"cell_list.{i}.conv_x.0.weight"] for i in range(num_layers)]
+    kernels = []
+    for i, w in enumerate(weights):
+        if w.shape[-1] != w.shape[-2] or w.shape[-1] % 2 == 0:
+            raise ValueError(f"cell_list.{i}.conv_x.0.weight has a {tuple(w.shape[-2:])} kernel; only square odd ones load")
+        kernels.append(int(w.shape[-1]))
+    return {"in_channels": int(weights[0].shape[1]), "hidden_channels": [w.shape[0] // 4 for w in weights],
+            "kernel_size": kernels, "num_layers": num_layers}
+
+
 class ConvLSTM(_ConvRNNStack):
     """A stack of convolutional LSTMs, the paper's baseline, shaped like ``nn.LSTM``; every layer is one
     :func:`convlstm_layer` call (fused kernels with ``backend="native"``/``"auto"``).
@@ -190,6 +245,28 @@ class ConvLSTM(_ConvRNNStack):
         ref = state_dict["cell_list.0.conv.weight"]
         model.to(device=ref.device, dtype=ref.dtype)
         model.load_ndrplz_state_dict(state_dict)
+        return model
+
+    def load_openstl_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load the cells of an OpenSTL ``ConvLSTM_Model`` state dict (keys ``cell_list.{i}.conv_x.0.weight`` ...,
+        with or without the ``model.`` prefix; its ``conv_last`` and anything outside ``cell_list`` are ignored)
+        into this stack, which must have the same layers, a bias (set to zero: theirs have none), no shortcuts
+        and one direction. A ``layer_norm=1`` checkpoint and mismatches raise ``ValueError``."""
+        if self.shortcut_every != 0 or self.bidirectional or not self.bias:
+            raise ValueError("load_openstl_state_dict needs a unidirectional ConvLSTM with bias and shortcut_every=0")
+        try:
+            self.load_state_dict(openstl_to_state_dict(state_dict))
+        except RuntimeError as e:  # missing / unexpected keys or shape mismatches
+            raise ValueError(f"OpenSTL state dict does not match this ConvLSTM: {e}") from e
+
+    @classmethod
+    def from_openstl_state_dict(cls, state_dict: Mapping[str, torch.Tensor], **kwargs) -> "ConvLSTM":
+        """Build a ConvLSTM from an OpenSTL ConvLSTM state dict and load it; sizes are inferred from the dict,
+        ``kwargs`` (e.g. ``batch_first``, ``backend``) go to the constructor."""
+        model = cls(**{**infer_openstl_config(state_dict), **kwargs})
+        ref = next(iter(openstl_to_state_dict(state_dict).values()))
+        model.to(device=ref.device, dtype=ref.dtype)
+        model.load_openstl_state_dict(state_dict)
         return model
 
     def extra_repr(self) -> str:
