@@ -1,8 +1,8 @@
 """The compiled backend: Python side of the ``deeprnn::`` custom ops defined in ``csrc/``.
 
 The C++ extension registers the op schemas and the CPU (and, when compiled in, CUDA) kernels.
-Here we add what PyTorch needs around them: fake kernels for ``torch.compile`` and the autograd
-formula, which calls the backward op.
+Here we add what PyTorch needs around them: fake kernels for ``torch.compile``, the autograd
+formula, which calls the backward op, and the decompositions ``torch.onnx.export`` uses.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from . import _cell_autograd as cells
+from . import _decompositions
 from ._checks import ACT_R_CODES, ACT_T_CODES, MERGE_CODES
 from ._op_autograd import cbm_backward_fake, cbm_forward_fake, cbm_inference_fake, register_cbm_autograd
 
@@ -135,3 +136,4 @@ if is_available():
         torch.library.register_fake(f"deeprnn::{_name}", getattr(cells, f"{_name}_fake"))
     cells.register_convlstm_autograd("deeprnn::convlstm_forward", torch.ops.deeprnn.convlstm_backward)
     cells.register_convgru_autograd("deeprnn::convgru_forward", torch.ops.deeprnn.convgru_backward)
+    _decompositions.register("deeprnn", _decompositions.NATIVE)  # so that torch.onnx.export translates them

@@ -35,6 +35,10 @@ if _IMPORT_ERROR is None:
         from . import cell_ops as _cell_ops  # noqa: F401
     except Exception as e:  # e.g. a Triton too old for these kernels
         _IMPORT_ERROR = e
+    else:
+        from .. import _decompositions
+
+        _decompositions.register("deeprnn_triton", _decompositions.TRITON)  # for torch.onnx.export
 
 #: dtypes the kernels handle: float32 (tf32 optional) and bf16/fp16 with float32 accumulation.
 CUDA_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
