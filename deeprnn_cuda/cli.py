@@ -11,8 +11,11 @@ from typing import Dict, List, Optional
 
 from ._checks import BACKENDS
 from .data import TASKS
+from .data.idx import FASHION_MNIST_DIR
 from .models.stack import CELLS
-from .training.config import DEVICES, LR_SCHEDULES
+from .training.action import ActionConfig
+from .training.config import DEVICES, LR_SCHEDULES, TrainConfig
+from .training.moving_mnist_task import MovingMNISTConfig
 from .training.overlap import COHERENCE_SPACES
 
 DEMO = {
@@ -34,13 +37,9 @@ DEMO = {
 VIDEO_TASK = "video-prediction"
 """``deeprnn train --task video-prediction``: a deep video predictor on moving digits (observe 10, predict 20)."""
 
-# Options of ``train`` that only the Moving-MNIST runs take (every other task refuses them).
-_MNIST_ONLY = ("budget_minutes", "max_steps", "ssim_weight")
-
-# Options of ``train`` that the video-prediction run does not take (it has no clips, TD schedule or devices).
-_VIDEO_UNUSED = ("data_dir", *_MNIST_ONLY, "model",
-                 "frames", "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "td_schedule",
-                 "kernel_size", "shortcut_every", "lr_schedule", "grad_clip", "device", "resume")
+VIDEO_DEFAULTS = {"cell": "cbm", "layers": 15, "hidden": 8, "image_size": 32, "train_size": 256, "test_size": 64,
+                  "epochs": 6, "batch_size": 16, "lr": 1e-3}
+"""``--task video-prediction``'s defaults (an epoch is ``train_size / batch_size`` steps)."""
 
 
 _VIDEO_TEACHER_FORCING = 0.4
@@ -55,18 +54,88 @@ _MNIST_CELL_DEFAULTS = {"cbm": {"layers": 15, "hidden": 16, "shortcut_every": 2}
                         "convlstm": {"layers": 4, "hidden": 32, "shortcut_every": 0}}
 """Per cell: the paper's 15-layer CBM stack, and OpenSTL's 4-layer ConvLSTM (narrower: 32, not 128, channels)."""
 
-# Options of ``train`` that the Moving-MNIST runs do not take (data drawn on the fly, a time budget, no clips).
-_MNIST_UNUSED = ("model", "frames", "image_size", "train_size", "epochs", "clip_min", "clip_max", "overlap", "coherence_lambda",
-                 "coherence_on", "handoff", "td_schedule", "lr_schedule", "grad_clip", "device", "resume")
 
 
 ACTION_TASK = "action"
 """``deeprnn train --task action --data-dir ROOT``: a paper action model on video files or frame folders."""
 
-# Options of ``train`` that the action run does not take.
-_ACTION_UNUSED = ("layers", "kernel_size", "shortcut_every", "train_size", "test_size", "lr_schedule", "grad_clip",
-                  "clip_min", "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "device", "resume",
-                  *_MNIST_ONLY)
+TRAIN_TASKS = TASKS + (VIDEO_TASK,) + MNIST_TASKS + (ACTION_TASK,)
+"""Every ``deeprnn train --task``."""
+
+_SYNTHETIC_OPTIONS = ("cell", "layers", "hidden", "kernel_size", "shortcut_every", "frames", "image_size", "train_size",
+                      "test_size", "epochs", "batch_size", "lr", "lr_schedule", "grad_clip", "td_schedule", "clip_min",
+                      "clip_max", "overlap", "coherence_lambda", "coherence_on", "handoff", "device", "resume")
+TASK_OPTIONS: Dict[str, tuple] = {
+    **{task: _SYNTHETIC_OPTIONS for task in TASKS},
+    # no clips, TD schedule or devices
+    VIDEO_TASK: ("cell", "layers", "hidden", "image_size", "train_size", "test_size", "epochs", "batch_size", "lr"),
+    # data drawn on the fly, a time budget, no clips
+    **{task: ("cell", "layers", "hidden", "kernel_size", "shortcut_every", "test_size", "batch_size", "lr", "data_dir",
+              "budget_minutes", "max_steps", "ssim_weight", "resume") for task in MNIST_TASKS},
+    ACTION_TASK: ("model", "cell", "hidden", "frames", "image_size", "epochs", "batch_size", "lr", "td_schedule",
+                  "data_dir"),
+}
+"""Per task of ``deeprnn train``: the options it takes besides those every task takes (:data:`COMMON_OPTIONS`);
+it refuses the others."""
+
+COMMON_OPTIONS = ("task", "seed", "out", "backend", "progress", "threads")
+"""The options of ``deeprnn train`` that every task takes."""
+
+
+def task_defaults(task: str) -> Dict[str, object]:
+    """The default of every option ``task`` takes, by destination name, read from the tables the task runs with;
+    a default that depends on the cell is a dict ``{cell: value}``."""
+    if task in TASKS:
+        return dataclasses.asdict(TrainConfig(task=task))
+    if task == VIDEO_TASK:
+        return {**VIDEO_DEFAULTS, "seed": 0, "backend": "auto"}
+    if task in MNIST_TASKS:
+        found = {f.name: f.default for f in dataclasses.fields(MovingMNISTConfig)}
+        found["budget_minutes"] = found.pop("budget_s") / 60
+        found["data_dir"] = str(FASHION_MNIST_DIR) if task == "moving-fmnist" else None
+        for key in _MNIST_CELL_DEFAULTS["cbm"]:
+            found[key] = {cell: defaults[key] for cell, defaults in _MNIST_CELL_DEFAULTS.items()}
+        return found
+    if task == ACTION_TASK:
+        # the one field without a default, data_dir, is required
+        return {f.name: None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(ActionConfig)}
+    raise ValueError(f"task must be one of {list(TRAIN_TASKS)}, got {task!r}")
+
+
+def _format_default(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{cell} {_format_default(v)}" for cell, v in value.items())
+    if value is None:
+        return "none"
+    if isinstance(value, float):
+        return format(value, "g")
+    return str(value)
+
+
+def _defaults_help(dest: str, tasks: tuple) -> str:
+    """``"default: 1 for moving-shapes, cat-dog; cbm 15, convlstm 4 for moving-fmnist"``: the default of option
+    ``dest`` for each of ``tasks`` that takes it, tasks with the same default together; only ``"default: X"``
+    when every one of ``tasks`` takes it with the same default."""
+    by_value: Dict[str, List[str]] = {}
+    for task in tasks:
+        if dest in COMMON_OPTIONS or dest in TASK_OPTIONS[task]:
+            by_value.setdefault(_format_default(task_defaults(task)[dest]), []).append(task)
+    if len(by_value) == 1 and len(next(iter(by_value.values()))) == len(tasks):
+        return f"default: {next(iter(by_value))}"
+    return "default: " + "; ".join(f"{value} for {', '.join(names)}" for value, names in by_value.items())
+
+
+def _check_task_options(args: argparse.Namespace) -> None:
+    """Raise :class:`ConfigError` for the first option given that ``args.task`` does not take, saying which
+    tasks take it."""
+    from .training import ConfigError
+
+    names = _option_names()
+    for dest, value in vars(args).items():
+        if dest in COMMON_OPTIONS or dest in TASK_OPTIONS[args.task] or dest not in names or value is None:
+            continue
+        takers = [task for task in TRAIN_TASKS if dest in TASK_OPTIONS[task]]
+        raise ConfigError(names[dest], f"is not an option of --task {args.task}; only of --task {', '.join(takers)}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,70 +146,105 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
-    """The options of ``train`` (``compare`` takes them too, except the cell and depth it varies)."""
-    p.add_argument("--task", choices=TASKS + ((VIDEO_TASK,) + MNIST_TASKS + (ACTION_TASK,) if not grid else ()),
-                   help="synthetic task (default moving-shapes)")
+    """The options of ``train`` (``compare`` takes them too, except the cell and depth it varies and what only
+    the tasks it does not run take); every default in the help is read from the tables the tasks use."""
+    tasks = TASKS if grid else TRAIN_TASKS
+
+    def add(*flags: str, help: str, defaults: bool = True, **kwargs) -> None:
+        """Add the option if one of ``tasks`` takes it; its help ends with its defaults (``defaults=False``: a
+        flag, with the tasks that take it)."""
+        dest = kwargs.get("dest") or flags[0][2:].replace("-", "_")
+        takers = [task for task in tasks if dest in COMMON_OPTIONS or dest in TASK_OPTIONS[task]]
+        if not takers:
+            return
+        if defaults:
+            help = f"{help} ({_defaults_help(dest, tasks)})"
+        elif len(takers) < len(tasks):
+            help = f"{help} (--task {', '.join(takers)})"
+        p.add_argument(*flags, help=help, **kwargs)
+
+    p.add_argument("--task", choices=tasks,
+                   help=("what to train (default moving-shapes): " if not grid else "(default moving-shapes) ")
+                   + "moving-shapes and cat-dog classify synthetic sequences"
+                   + ("" if grid else "; video-prediction predicts moving digits; moving-fmnist and moving-mnist "
+                      "predict Moving (Fashion-)MNIST from IDX image files; action classifies your own videos"))
     if not grid:
-        p.add_argument("--cell", choices=CELLS, help="recurrent cell (default cbm)")
-        p.add_argument("--layers", type=int, help="stack depth (default 1)")
-    p.add_argument("--seed", type=int, help="seed of data, init and sampling (default 0)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--hidden", type=int, help="channels per layer (default 8; cat-dog 64)")
-    p.add_argument("--kernel-size", type=int, help="odd conv kernel (default 3)")
-    p.add_argument("--shortcut-every", type=int, help="ResNet-style shortcut every k layers, 0: none (default 2)")
-    p.add_argument("--frames", type=int, help="frames per sequence (task default: 8 moving-shapes, 64 cat-dog)")
-    p.add_argument("--image-size", type=int, help="frame height = width (task default: 16 moving-shapes, 4 cat-dog)")
-    p.add_argument("--train-size", type=int, help="training sequences (default 1200; moving-shapes 1600; cat-dog 1024)")
-    p.add_argument("--test-size", type=int, help="test sequences (default 300; moving-shapes 400; cat-dog 64)")
-    p.add_argument("--epochs", type=int, help="epochs (default 6; moving-shapes 10; cat-dog 150)")
-    p.add_argument("--batch-size", type=int, help="sequences per step and process (default 32; cat-dog 16)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 3e-3; cat-dog 2e-3)")
-    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="per-step learning rate schedule (default cosine)")
-    p.add_argument("--grad-clip", type=float, help="gradient norm clip, 0: off (default 1.0)")
-    p.add_argument("--td-schedule", help="Temporal Dropout rate by epoch, e.g. '1.0,0.8@2,0.5@4' (the default)")
-    p.add_argument("--clip-min", type=int, help="overlap training: shortest clip (default 2)")
-    p.add_argument("--clip-max", type=int, help="overlap training: longest clip; unset trains on whole sequences")
-    p.add_argument("--overlap", type=float, help="overlap training: target overlap rate (default 0.25)")
-    p.add_argument("--coherence-lambda", type=float, help="overlap coherence loss weight (default 0.8)")
-    p.add_argument("--coherence-on", choices=COHERENCE_SPACES,
-                   help="what the coherence MSE compares (default probabilities)")
-    p.add_argument("--no-handoff", dest="handoff", action="store_false", default=None,
-                   help="ablation: clips start from zero states instead of an earlier clip's state")
-    p.add_argument("--backend", choices=BACKENDS, help="CBM backend (default auto)")
-    p.add_argument("--device", choices=DEVICES, help="default auto: cuda when available")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+        add("--cell", choices=CELLS, help="recurrent cell (moving-fmnist, moving-mnist: cbm or convlstm)")
+        add("--layers", type=int, help="stack depth")
+        add("--model", choices=("standalone", "backbone"),
+            help="action model: StandaloneDeepCBM, or BackboneDeepCBM (a small CNN backbone, then the recurrent stack)")
+    add("--seed", type=int, help="seed of data, initialization and sampling")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    add("--hidden", type=int, help="channels per recurrent layer")
+    add("--kernel-size", type=int, help="odd convolution kernel of the recurrent layers")
+    add("--shortcut-every", type=int, help="ResNet-style shortcut every k layers, 0: none")
+    add("--frames", type=int, help="frames per sequence (action: per clip)")
+    add("--image-size", type=int, help="frame height = width")
+    add("--train-size", type=int, help="training sequences")
+    add("--test-size", type=int, help="test sequences")
+    add("--epochs", type=int, help="passes over the training set")
+    add("--batch-size", type=int, help="sequences per step (and process under torchrun)")
+    add("--lr", type=float, help="Adam learning rate")
+    add("--lr-schedule", choices=LR_SCHEDULES, help="per-step learning rate schedule")
+    add("--grad-clip", type=float, help="gradient norm clip, 0: off")
+    add("--td-schedule", help="Temporal Dropout rate by epoch, RATE[,RATE@EPOCH...]")
+    add("--clip-min", type=int, help="overlap training: shortest clip")
+    add("--clip-max", type=int, help="overlap training: longest clip; none trains on whole sequences")
+    add("--overlap", type=float, help="overlap training: target overlap rate")
+    add("--coherence-lambda", type=float, help="overlap training: coherence loss weight")
+    add("--coherence-on", choices=COHERENCE_SPACES, help="overlap training: what the coherence MSE compares")
+    add("--no-handoff", dest="handoff", action="store_false", default=None, defaults=False,
+        help="overlap training ablation: clips start from zero states instead of an earlier clip's state")
+    add("--backend", choices=BACKENDS,
+        help="backend of every recurrent cell: reference (pure PyTorch), native (compiled), triton, or auto (the "
+             "fastest compiled one here)")
+    add("--device", choices=DEVICES, help="auto: cuda when available")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (training and evaluation)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     if not grid:
-        p.add_argument("--data-dir", help="moving-mnist/moving-fmnist: folder of MNIST-format IDX files "
-                                          "(default for moving-fmnist: /usr/share/datasets/fashion-mnist)")
-        p.add_argument("--budget-minutes", type=float, help="moving-(f)mnist: training wall-clock budget (default 10)")
-        p.add_argument("--max-steps", type=int, help="moving-(f)mnist: stop after this many steps (default: budget only)")
-        p.add_argument("--ssim-weight", type=float,
-                       help="moving-(f)mnist: weight of the 1 - SSIM loss term beside the cross entropy (default 3, 0: off)")
-        p.add_argument("--model", choices=("standalone", "backbone"),
-                       help="action: StandaloneDeepCBM or BackboneDeepCBM (default backbone)")
+        add("--data-dir", help="moving-mnist, moving-fmnist: folder of MNIST-format IDX files; action: ROOT holding "
+                               "train/<class>/<video> and test/<class>/<video> (video files or frame folders)")
+        add("--budget-minutes", type=float, help="training wall-clock budget, evaluation excluded")
+        add("--max-steps", type=int, help="stop after this many steps, 0: the budget only")
+        add("--ssim-weight", type=float, help="weight of the 1 - SSIM loss term beside the cross entropy, 0: off")
+        add("--resume", action="store_true", default=None, defaults=False,
+            help="continue the run whose checkpoint.pt is in --out")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``deeprnn`` parser with its four subcommands."""
     parser = _Parser(prog="deeprnn", description="Deep RNN Framework (CBM, Overlap Coherence Training) on PyTorch.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("info", help="versions, device and which CBM backends work here")
-    train = sub.add_parser("train", help="train one model on a synthetic task")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, title="commands",
+                                help="what to do (deeprnn COMMAND --help: its options)")
+    sub.add_parser("info", help="versions, device and which backends work here",
+                   description="Print the package, torch and CUDA versions and each backend's status.")
+    train_help = "train one model on one task and write its records, curves and checkpoint in --out"
+    train = sub.add_parser("train", help=train_help, description=train_help[0].upper() + train_help[1:] + ".")
     _train_options(train)
-    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    compare = sub.add_parser("compare", help="train a grid of cells x depths with one budget")
+    compare_help = "train a grid of cells x depths on a synthetic task with the same settings; table and plot"
+    compare = sub.add_parser("compare", help=compare_help, description=compare_help[0].upper() + compare_help[1:] + ".")
     _train_options(compare, grid=True)
-    compare.add_argument("--cells", default="cbm,convlstm", help="comma-separated cells of cbm, convlstm, convgru (default cbm,convlstm)")
+    compare.add_argument("--cells", default="cbm,convlstm",
+                         help="comma-separated cells of cbm, convlstm, convgru (default cbm,convlstm)")
     compare.add_argument("--depths", default="1,15", help="comma-separated depths (default 1,15)")
-    demo = sub.add_parser("demo", help="train a 15-layer CBM on moving-shapes with the default settings")
+    demo_help = "compare the backends on a deep CBM, then train a 15-layer CBM on moving-shapes"
+    demo = sub.add_parser("demo", help=demo_help, description=demo_help[0].upper() + demo_help[1:] + ".")
     demo.add_argument("--out", type=Path, default=Path("deeprnn-demo"), help="output folder (default ./deeprnn-demo)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--backend", choices=BACKENDS, default="auto")
-    demo.add_argument("--device", choices=DEVICES, default="auto")
-    demo.add_argument("--no-progress", dest="progress", action="store_false")
+    demo.add_argument("--seed", type=int, default=0, help="seed of data, initialization and sampling (default 0)")
+    demo.add_argument("--backend", choices=BACKENDS, default="auto",
+                      help="backend of the trained model's cells (default auto: the fastest compiled one here)")
+    demo.add_argument("--device", choices=DEVICES, default="auto", help="default auto: cuda when available")
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     return parser
+
+
+def _option_names() -> Dict[str, str]:
+    """``destination -> option string`` of every option of ``deeprnn train``."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _train_options(parser)
+    return {a.dest: a.option_strings[0] for a in parser._actions}
 
 
 def _config(args: argparse.Namespace, base: Optional[Dict] = None):
@@ -192,18 +296,15 @@ def _train_video_prediction(args: argparse.Namespace) -> int:
     import time
 
     from .training import ConfigError
+    from .training.metrics import plot_series, write_metrics
     from .training.video_task import run_video_prediction
 
-    for name in _VIDEO_UNUSED:
-        if getattr(args, name, None) not in (None, False):
-            raise ConfigError(f"--{name.replace('_', '-')}", f"is not an option of --task {VIDEO_TASK}")
-    train_size = args.train_size or 256
-    batch_size = args.batch_size or 16
-    steps = max(1, (args.epochs or 6) * train_size // batch_size)
-    options = dict(cell=args.cell or "cbm", num_layers=args.layers or 15, width=args.hidden or 8,
-                   size=args.image_size or 32, train_size=train_size, test_size=args.test_size or 64,
-                   steps=steps, teacher_forcing_steps=int(steps * _VIDEO_TEACHER_FORCING), batch_size=batch_size,
-                   lr=args.lr or 1e-3, backend=args.backend or "auto", seed=args.seed or 0)
+    given = {**VIDEO_DEFAULTS, **{k: getattr(args, k) for k in VIDEO_DEFAULTS if getattr(args, k) is not None}}
+    steps = max(1, given["epochs"] * given["train_size"] // given["batch_size"])
+    options = dict(cell=given["cell"], num_layers=given["layers"], width=given["hidden"], size=given["image_size"],
+                   train_size=given["train_size"], test_size=given["test_size"], steps=steps,
+                   teacher_forcing_steps=int(steps * _VIDEO_TEACHER_FORCING), batch_size=given["batch_size"],
+                   lr=given["lr"], backend=args.backend or "auto", seed=args.seed or 0)
     if options["size"] % 4 or options["size"] < 12:
         raise ConfigError("--image-size", f"must be a multiple of 4 and at least 12, got {options['size']}")
     start = time.perf_counter()
@@ -214,7 +315,16 @@ def _train_video_prediction(args: argparse.Namespace) -> int:
                "black_psnr": result.black_psnr, "black_ssim": result.black_ssim, "test_accuracy": None}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({**summary, "options": options, "train_losses": result.train_losses}))
+    losses = result.train_losses
+    records = [{"step": step + 1, "train_loss": losses[step],
+                "teacher_forced": step < options["teacher_forcing_steps"]} for step in range(len(losses))]
+    records.append({"test": f"{options['num_layers']}-layer {options['cell']}", "psnr": result.psnr, "ssim": result.ssim,
+                    "psnr_avg": result.psnr_avg, "ssim_avg": result.ssim_avg})
+    write_metrics(out / "metrics.jsonl", records)
+    plot_series({"train loss": losses}, list(range(1, len(losses) + 1)), out / "curves.png", "step", "loss",
+                f"{VIDEO_TASK}: {options['num_layers']}-layer {options['cell']}")
+    summary.update(options=options, out=str(out), curves=str(out / "curves.png"))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(result.table())
     print(json.dumps(summary))
     return 0
@@ -224,14 +334,13 @@ def _train_moving_mnist(args: argparse.Namespace) -> int:
     """Train a deep CBM or ConvLSTM predictor on Moving (Fashion-)MNIST; print the per-horizon table."""
     from .data.idx import MissingDataError
     from .training import ConfigError
-    from .training.moving_mnist_task import MovingMNISTConfig, run_moving_mnist
+    from .training.moving_mnist_task import run_moving_mnist
 
-    for name in _MNIST_UNUSED:
-        if getattr(args, name, None) not in (None, False):
-            raise ConfigError(f"--{name.replace('_', '-')}", f"is not an option of --task {args.task}")
     if args.task == "moving-mnist" and args.data_dir is None:
         raise ConfigError("--data-dir", "is required for --task moving-mnist: a folder holding MNIST's IDX files")
-    cell = args.cell or "cbm"
+    cell = args.cell or MovingMNISTConfig.cell
+    if cell not in _MNIST_CELL_DEFAULTS:
+        raise ConfigError("--cell", f"must be one of {list(_MNIST_CELL_DEFAULTS)} for --task {args.task}, got {cell!r}")
     given = {k: getattr(args, k) for k in ("layers", "hidden", "kernel_size", "shortcut_every", "batch_size", "lr",
                                            "test_size", "seed", "backend", "data_dir", "max_steps", "ssim_weight")}
     options = {**_MNIST_CELL_DEFAULTS[cell], **{k: v for k, v in given.items() if v is not None}}
@@ -251,7 +360,7 @@ def _train_moving_mnist(args: argparse.Namespace) -> int:
     if cfg.kernel_size < 1 or cfg.kernel_size % 2 == 0:
         raise ConfigError("--kernel-size", f"must be an odd number >= 1, got {cfg.kernel_size}")
     try:
-        summary = run_moving_mnist(cfg, Path(args.out), progress=args.progress)
+        summary = run_moving_mnist(cfg, Path(args.out), progress=args.progress, resume=bool(args.resume))
     except MissingDataError as e:
         raise ConfigError("--data-dir", str(e)) from None
     print(json.dumps(summary))
@@ -264,9 +373,6 @@ def _train_action(args: argparse.Namespace) -> int:
     from .training.action import ActionConfig, ActionDataError, run_action
     from .training.schedule import TDSchedule
 
-    for name in _ACTION_UNUSED:
-        if getattr(args, name, None) not in (None, False):
-            raise ConfigError(f"--{name.replace('_', '-')}", f"is not an option of --task {ACTION_TASK}")
     if args.data_dir is None:
         raise ConfigError("--data-dir", "is required for --task action: ROOT holding train/<class>/<video> and test/...")
     fields = ("model", "cell", "hidden", "frames", "image_size", "epochs", "batch_size", "lr", "td_schedule", "seed", "backend")
@@ -291,19 +397,17 @@ def _train_action(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one model; the last stdout line is the JSON summary."""
-    from .training import ConfigError, train
+    from .training import train
 
+    args.task = args.task or TrainConfig.task
+    _check_task_options(args)
     if args.task == VIDEO_TASK:
         return _train_video_prediction(args)
     if args.task in MNIST_TASKS:
         return _train_moving_mnist(args)
     if args.task == ACTION_TASK:
         return _train_action(args)
-    for name in ("data_dir", *_MNIST_ONLY, "model"):
-        if getattr(args, name) is not None:
-            raise ConfigError(f"--{name.replace('_', '-')}", "is not an option of this task")
-
-    summary = train(_config(args), args.out, resume=args.resume, progress=args.progress)
+    summary = train(_config(args), args.out, resume=bool(args.resume), progress=args.progress)
     if summary:
         print(json.dumps(summary))
     return 0

@@ -249,7 +249,7 @@ def test_train_video_prediction_reports_psnr_and_ssim_per_frame(tmp_path):
                  "--train-size", "4", "--test-size", "2", "--epochs", "1", "--batch-size", "4",
                  "--backend", "reference", "--out", str(tmp_path)])
     assert code == 0
-    record = json.loads((tmp_path / "metrics.json").read_text())
+    record = json.loads((tmp_path / "summary.json").read_text())
     assert record["task"] == "video-prediction" and len(record["psnr"]) == len(record["ssim"]) == 20
 
 
@@ -258,4 +258,4 @@ def test_video_prediction_rejects_clip_options(tmp_path, capsys):
 
     assert main(["train", "--task", "video-prediction", "--clip-max", "3", "--out", str(tmp_path)]) == 2
     assert "--clip-max" in capsys.readouterr().err
-    assert not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "summary.json").exists()

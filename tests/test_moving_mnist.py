@@ -265,9 +265,9 @@ def test_moving_fmnist_trains_a_few_steps_on_the_real_images(tmp_path, capsys):
     (["--task", "moving-mnist", "--data-dir", "/nonexistent-idx"], "--data-dir: no train-images-idx3-ubyte.*dataset-fashion-mnist"),
     (["--task", "moving-fmnist", "--epochs", "3"], "--epochs: is not an option of --task moving-fmnist"),
     (["--task", "moving-fmnist", "--budget-minutes", "0"], "--budget-minutes: must be > 0"),
-    (["--task", "moving-shapes", "--budget-minutes", "1"], "--budget-minutes: is not an option of this task"),
+    (["--task", "moving-shapes", "--budget-minutes", "1"], "--budget-minutes: is not an option of --task moving-shapes; only of --task moving-fmnist, moving-mnist"),
     (["--task", "moving-fmnist", "--ssim-weight", "-1"], "--ssim-weight: must be >= 0"),
-    (["--task", "moving-shapes", "--ssim-weight", "1"], "--ssim-weight: is not an option of this task"),
+    (["--task", "moving-shapes", "--ssim-weight", "1"], "--ssim-weight: is not an option of --task moving-shapes; only of --task moving-fmnist, moving-mnist"),
     (["--task", "video-prediction", "--ssim-weight", "1"], "--ssim-weight: is not an option of"),
 ])
 def test_moving_mnist_cli_errors_exit_2_with_one_line(tmp_path, capsys, args, message):

@@ -158,6 +158,7 @@ def test_deeprnn_train_action_on_videos(tmp_path, capsys, model, as_files):
     assert summary["dataset"] == ("VideoFileVideos" if as_files else "FrameFolderVideos")
     assert summary["model"] == model and summary["classes"] == 2 and summary["test_clips"] == 2
     assert 0 <= summary["test_accuracy"] <= 1 and (tmp_path / "run" / "metrics.jsonl").is_file()
+    assert (tmp_path / "run" / "curves.png").is_file()
 
 
 def test_deeprnn_train_action_errors_exit_2(tmp_path, capsys):

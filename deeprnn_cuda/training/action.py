@@ -13,17 +13,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, List, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..data.clip_videos import ClipVideos, subfolders
 from ..data.frame_folder import FrameFolderVideos
 from ..data.video_files import VIDEO_EXTENSIONS, VideoFileVideos
-from .metrics import write_metrics
+from .metrics import plot_curves, write_metrics
+from .progress import step_bar
 from .schedule import TDSchedule
 
 ACTION_MODELS = ("standalone", "backbone")
@@ -69,18 +69,23 @@ def _model(cfg: ActionConfig, num_classes: int) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def _accuracy(model: torch.nn.Module, loader: DataLoader) -> float:
+def _evaluate(model: torch.nn.Module, loader: DataLoader, progress: bool = False) -> Tuple[float, float]:
+    """Mean cross entropy and accuracy of ``model`` over ``loader``'s clips."""
     model.eval()
+    loss_sum = 0.0
     correct = total = 0
-    for clips, labels in loader:
-        correct += int((model(clips)[0].argmax(-1) == labels).sum())
+    for clips, labels in step_bar(loader, "evaluating", progress, unit="batch"):
+        logits = model(clips)[0]
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(-1) == labels).sum())
         total += len(labels)
     model.train()
-    return correct / total
+    return loss_sum / total, correct / total
 
 
 def run_action(cfg: ActionConfig, out_dir: Path, progress: bool = False, log=None) -> Dict:
-    """Train and evaluate as ``cfg`` says; writes ``metrics.jsonl``, ``model.pt`` and ``summary.json``.
+    """Train and evaluate as ``cfg`` says; writes ``metrics.jsonl``, ``curves.png``, ``model.pt`` and
+    ``summary.json``.
 
     Raises :class:`ActionDataError` when the videos of ``cfg.data_dir`` cannot be opened."""
     log = log or sys.stderr
@@ -106,8 +111,7 @@ def run_action(cfg: ActionConfig, out_dir: Path, progress: bool = False, log=Non
         loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
                             generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         loss_sum = correct = seen = 0
-        for clips, labels in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False,
-                                  file=sys.stderr):
+        for clips, labels in step_bar(loader, f"epoch {epoch + 1}/{cfg.epochs}", progress):
             logits, _ = model(clips)
             loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad()
@@ -116,15 +120,18 @@ def run_action(cfg: ActionConfig, out_dir: Path, progress: bool = False, log=Non
             loss_sum += loss.item() * len(labels)
             correct += int((logits.argmax(-1) == labels).sum())
             seen += len(labels)
+        test_loss, test_accuracy = _evaluate(model, test_loader, progress)
         records.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                        "test_accuracy": _accuracy(model, test_loader), "td_rate": td_rate})
+                        "test_loss": test_loss, "test_accuracy": test_accuracy, "td_rate": td_rate})
         write_metrics(out_dir / "metrics.jsonl", records)
+        plot_curves(records, out_dir / "curves.png", title=f"action: {cfg.model} {cfg.cell}")
         print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {records[-1]['train_loss']:.4f} acc "
               f"{records[-1]['train_accuracy']:.3f} | test acc {records[-1]['test_accuracy']:.3f}", file=log)
     torch.save({"model": model.state_dict(), "config": asdict(cfg), "classes": train_set.classes}, out_dir / "model.pt")
     summary = {"task": "action", "model": cfg.model, "cell": cfg.cell, "dataset": type(train_set).__name__,
                "classes": len(train_set.classes), "train_clips": len(train_set), "test_clips": len(test_set),
                "test_accuracy": records[-1]["test_accuracy"], "train_accuracy": records[-1]["train_accuracy"],
-               "seconds": round(time.perf_counter() - started, 2), "config": asdict(cfg), "out": str(out_dir)}
+               "seconds": round(time.perf_counter() - started, 2), "config": asdict(cfg), "out": str(out_dir),
+               "curves": str(out_dir / "curves.png")}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

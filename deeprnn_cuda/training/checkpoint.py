@@ -18,6 +18,8 @@ from typing import Any, BinaryIO, Callable, Dict
 
 import torch
 
+from .config import ConfigError
+
 FAULT_PAUSE_ENV = "DEEPRNN_TEST_CHECKPOINT_PAUSE"
 """Test hook: seconds to wait with a new checkpoint written to its temporary file but not yet in place, so that
 the fault test (tests/test_fault_resume.py) can land a SIGKILL inside a checkpoint write. Unset: no pause."""
@@ -78,6 +80,28 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
             f"refusing to load {path}: it holds {what}, and a checkpoint may hold only tensors and plain data "
             "(loading it could run code)"
         ) from None
+
+
+def read_resume_checkpoint(path: Path, architecture: Dict[str, Any]) -> Dict[str, Any]:
+    """The checkpoint at ``path`` that ``--resume`` continues, checked to be of the run's ``architecture`` (the
+    options its weights depend on); any problem is a :class:`~deeprnn_cuda.training.config.ConfigError` of
+    ``--resume`` in one line, and the file is left as it is."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError("--resume", f"no checkpoint to resume from at {path}")
+    try:
+        ckpt = load_checkpoint(path)
+    except UnsafeCheckpointError as e:  # a file that would run code to load: refused, and left as it is
+        raise ConfigError("--resume", str(e)) from None
+    except Exception as e:  # a truncated or foreign file: say so in one line
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError("--resume", f"cannot read checkpoint {path}: {type(e).__name__}: {first_line}") from None
+    theirs = ckpt.get("architecture")
+    if theirs != architecture:
+        theirs = theirs or {}
+        diff = ", ".join(f"{k}={theirs.get(k)!r} (asked {v!r})" for k, v in architecture.items() if theirs.get(k) != v)
+        raise ConfigError("--resume", f"checkpoint {path} is from another architecture: {diff}")
+    return ckpt
 
 
 def rng_state() -> Dict[str, Any]:

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import IGNORE_INDEX, SequenceDataset
+from .progress import step_bar
 
 
 @dataclass
@@ -32,15 +33,17 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: SequenceDataset, device: torch.device, batch_size: int = 64) -> EvalResult:
-    """Run ``model`` (eval mode, whole sequences from zero state) over ``data``."""
+def evaluate(model: nn.Module, data: SequenceDataset, device: torch.device, batch_size: int = 64,
+             progress: bool = False) -> EvalResult:
+    """Run ``model`` (eval mode, whole sequences from zero state) over ``data``; ``progress`` shows a bar of the
+    batches on stderr."""
     was_training = model.training
     model.eval()
     k = data.num_classes
     correct = torch.zeros(k, dtype=torch.long)
     count = torch.zeros(k, dtype=torch.long)
     loss_sum = 0.0
-    for lo in range(0, len(data), batch_size):
+    for lo in step_bar(range(0, len(data), batch_size), "evaluating", progress, unit="batch"):
         x = data.frames[lo : lo + batch_size].transpose(0, 1).to(device)
         y = data.targets[lo : lo + batch_size].t().to(device)
         logits, _ = model(x)

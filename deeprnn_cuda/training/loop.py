@@ -10,23 +10,16 @@ from typing import Dict, Optional, TextIO
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ..data import SequenceDataset, make_task
-from .checkpoint import (
-    UnsafeCheckpointError,
-    load_checkpoint,
-    remove_stale_temporaries,
-    rng_state,
-    save_atomic,
-    set_rng_state,
-)
+from .checkpoint import read_resume_checkpoint, remove_stale_temporaries, rng_state, save_atomic, set_rng_state
 from .config import ConfigError, TrainConfig, learning_rate
 from .distributed import DistInfo, barrier, init_distributed, local_device, shutdown
 from .evaluate import EvalResult, evaluate
 from .metrics import plot_curves, plot_series, read_metrics, write_metrics
 from .model import SequenceClassifier
 from .overlap import Clip, overlap_training_step, sample_clips
+from .progress import step_bar
 from .schedule import TDSchedule
 
 CHECKPOINT = "checkpoint.pt"
@@ -35,23 +28,6 @@ CURVES = "curves.png"
 DISTANCE_PLOT = "accuracy_by_distance.png"
 CAT_DOG_RANGE = range(10, 51)
 """Distances whose pooled exact-distance accuracy ``deeprnn train --task cat-dog`` reports."""
-
-
-def _check_resume(cfg: TrainConfig, path: Path) -> Dict:
-    if not path.exists():
-        raise ConfigError("--resume", f"no checkpoint to resume from at {path}")
-    try:
-        ckpt = load_checkpoint(path)
-    except UnsafeCheckpointError as e:  # a file that would run code to load: refused, and left as it is
-        raise ConfigError("--resume", str(e)) from None
-    except Exception as e:  # a truncated or foreign file: say so in one line
-        first_line = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError("--resume", f"cannot read checkpoint {path}: {type(e).__name__}: {first_line}") from None
-    theirs, ours = ckpt.get("architecture"), cfg.architecture()
-    if theirs != ours:
-        diff = ", ".join(f"{k}={theirs.get(k)!r} (asked {ours[k]!r})" for k in ours if not theirs or theirs.get(k) != ours[k])
-        raise ConfigError("--resume", f"checkpoint {path} is from another architecture: {diff}")
-    return ckpt
 
 
 def _epoch_seed(cfg: TrainConfig, epoch: int) -> int:
@@ -73,7 +49,7 @@ def train(
     cfg.validate()
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT
-    ckpt = _check_resume(cfg, ckpt_path) if resume else None
+    ckpt = read_resume_checkpoint(ckpt_path, cfg.architecture()) if resume else None
     try:
         device = local_device(cfg.device)
     except ValueError as e:
@@ -126,7 +102,7 @@ def _train(
         train_stats = _train_epoch(cfg, model, optimizer, train_set, device, dist, generator, epoch, progress and dist.is_main)
         train_seconds = time.perf_counter() - t0
         if dist.is_main:
-            result = evaluate(net, test_set, device, batch_size=max(cfg.batch_size, 64))
+            result = evaluate(net, test_set, device, batch_size=max(cfg.batch_size, 64), progress=progress)
             record = {
                 "epoch": epoch,
                 "train_loss": train_stats["loss"],
@@ -218,7 +194,7 @@ def _train_epoch(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=False, file=sys.stderr)
+    bar = step_bar(range(steps), f"epoch {epoch + 1}/{cfg.epochs}", show)
     for step in bar:
         lo = step * per_step + dist.rank * cfg.batch_size
         idx = perm[lo : lo + cfg.batch_size]

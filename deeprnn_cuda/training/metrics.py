@@ -22,7 +22,7 @@ def write_metrics(path: Path, records: Sequence[Dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +33,7 @@ def _pyplot():
 
 def plot_curves(records: Sequence[Dict], path: Path, title: str = "") -> None:
     """Loss (train, test) and accuracy (train, test) per epoch, side by side."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] + 1 for r in records]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train_loss", "train"), ("test_loss", "test")):
@@ -53,7 +53,7 @@ def plot_curves(records: Sequence[Dict], path: Path, title: str = "") -> None:
 
 def plot_series(series: Dict[str, Sequence[float]], x: Sequence[float], path: Path, xlabel: str, ylabel: str, title: str) -> None:
     """One line per named series over a shared x axis (accuracy by distance, compare grids)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, ys in series.items():
         ax.plot(x, ys, marker=".", label=name)

@@ -24,14 +24,17 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..data.moving_mnist import MovingMNIST
 from ..metrics import OPENSTL_SSIM, openstl_frame_metrics, ssim
 from ..models.patch_predictor import PatchRecurrentPredictor
-from .metrics import write_metrics
+from .checkpoint import read_resume_checkpoint, remove_stale_temporaries, rng_state, save_atomic, set_rng_state
+from .metrics import plot_series, pyplot, write_metrics
+from .progress import budget_bar, step_bar
 
 METRIC_NAMES = ("mse", "mae", "ssim", "psnr")
+CHECKPOINT = "checkpoint.pt"
+CURVES = "curves.png"
 TEST_SEED_OFFSET = 1_000_003
 """The test set's seed is ``seed + TEST_SEED_OFFSET`` (drawn from the test images, disjoint from training)."""
 
@@ -75,11 +78,13 @@ def prediction_loss(logits: torch.Tensor, video: torch.Tensor, observe: int, ssi
 
 
 @torch.no_grad()
-def evaluate_frames(predict, videos: torch.Tensor, observe: int, batch_size: int) -> Dict[str, List[float]]:
-    """Mean of every OpenSTL metric per predicted frame: ``predict(observed, num_future)`` on ``videos``."""
+def evaluate_frames(predict, videos: torch.Tensor, observe: int, batch_size: int, progress: bool = False,
+                    desc: str = "evaluating") -> Dict[str, List[float]]:
+    """Mean of every OpenSTL metric per predicted frame: ``predict(observed, num_future)`` on ``videos``;
+    ``progress`` shows a bar of the batches on stderr."""
     future = videos.shape[1] - observe
     sums = {k: torch.zeros(future, dtype=torch.float64) for k in METRIC_NAMES}
-    for batch in videos.split(batch_size):
+    for batch in step_bar(videos.split(batch_size), desc, progress, unit="batch"):
         values = openstl_frame_metrics(predict(batch[:, :observe], future), batch[:, observe:])
         for k in METRIC_NAMES:
             sums[k] += values[k].sum(dim=0)
@@ -109,35 +114,63 @@ def results_table(results: Dict[str, Dict[str, List[float]]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def save_predictions_png(videos: torch.Tensor, predictions: torch.Tensor, observe: int, path: Path) -> None:
-    """A grayscale mosaic, per sequence two rows: the true frames (observed, then future) and, under the
-    future ones, the predicted frames (blank under the observed); 2-pixel gray gaps between frames."""
-    from PIL import Image
-
+def prediction_figure(videos: torch.Tensor, predictions: torch.Tensor, observe: int, title: str):
+    """A matplotlib figure of ``videos (n, T, 1, H, W)`` and their ``predictions (n, T - observe, 1, H, W)``:
+    per sequence a row of the true frames and under it the predicted ones (blank under the observed frames),
+    the rows labelled, the frames numbered, a red line where prediction starts, and ``title`` on top."""
+    plt = pyplot()
     n, T, _, H, W = videos.shape
     gap = 2
-    mosaic = torch.full((2 * n * (H + gap), T * (W + gap)), 0.5)
+    mosaic = torch.full((2 * n * (H + gap) - gap, T * (W + gap) - gap), 0.5)
     for i in range(n):
         for t in range(T):
-            rows = [(2 * i, videos[i, t, 0])]
-            if t >= observe:
-                rows.append((2 * i + 1, predictions[i, t - observe, 0]))
-            else:
-                rows.append((2 * i + 1, torch.zeros(H, W)))
-            for r, image in rows:
-                mosaic[r * (H + gap):r * (H + gap) + H, t * (W + gap):t * (W + gap) + W] = image.clamp(0, 1)
-    Image.fromarray((mosaic * 255).round().byte().numpy(), mode="L").save(path)
+            shown = [(2 * i, videos[i, t, 0]), (2 * i + 1, predictions[i, t - observe, 0] if t >= observe else None)]
+            for r, image in shown:
+                tile = torch.zeros(H, W) if image is None else image.clamp(0, 1)
+                mosaic[r * (H + gap):r * (H + gap) + H, t * (W + gap):t * (W + gap) + W] = tile
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * T, 0.6 + 0.45 * 2 * n))
+    ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([t * (W + gap) + W / 2 for t in range(T)], [str(t + 1) for t in range(T)], fontsize=7)
+    ax.set_yticks([r * (H + gap) + H / 2 for r in range(2 * n)],
+                  [f"{i + 1}: {row}" for i in range(n) for row in ("true", "predicted")], fontsize=7)
+    ax.set_xlabel("frame")
+    # between the last observed frame and the first predicted one
+    ax.axvline(observe * (W + gap) - gap / 2 - 0.5, color="red", linewidth=1.5)
+    ax.text(observe * (W + gap), -2, "prediction starts", color="red", fontsize=7, va="bottom")
+    ax.set_title(title, fontsize=9, pad=14)
+    fig.tight_layout()
+    return fig
 
 
-def run_moving_mnist(cfg: MovingMNISTConfig, out_dir: Path, progress: bool = False, log=None) -> Dict:
+def save_predictions_png(videos: torch.Tensor, predictions: torch.Tensor, observe: int, path: Path,
+                         title: str) -> None:
+    """Write :func:`prediction_figure` to ``path``."""
+    fig = prediction_figure(videos, predictions, observe, title)
+    fig.savefig(path, dpi=120)
+    pyplot().close(fig)
+
+
+def _architecture(cfg: MovingMNISTConfig) -> Dict[str, object]:
+    """The options a checkpoint's weights depend on (a resumed run must match them)."""
+    return {k: getattr(cfg, k) for k in ("task", "cell", "layers", "hidden", "patch", "kernel_size", "shortcut_every")}
+
+
+def run_moving_mnist(cfg: MovingMNISTConfig, out_dir: Path, progress: bool = False, log=None,
+                     resume: bool = False) -> Dict:
     """Train ``cfg``'s predictor within its budget, evaluate, and write the run's files in ``out_dir``.
 
     Files: ``metrics.jsonl`` (training loss every 10 steps, then one test record per model and baseline),
-    ``results.md`` (the per-horizon table), ``predictions.png`` (4 test sequences), ``model.pt`` (weights)
-    and ``summary.json``. Returns the summary. Raises
-    :class:`~deeprnn_cuda.data.idx.MissingDataError` when the IDX files are missing.
+    ``curves.png`` (the training loss), ``checkpoint.pt`` (every 10 steps and at the end: weights, optimizer,
+    step, seconds trained, random states), ``results.md`` (the per-horizon table), ``predictions.png`` (4 test
+    sequences), ``model.pt`` (the final weights and config) and ``summary.json``. With ``resume`` it continues
+    from ``out_dir/checkpoint.pt`` until the budget (seconds trained counted over both runs) or ``max_steps``;
+    the sequences it draws are those the uninterrupted run would. Returns the summary. Raises
+    :class:`~deeprnn_cuda.data.idx.MissingDataError` when the IDX files are missing and
+    :class:`~deeprnn_cuda.training.config.ConfigError` (``--resume``) for a missing or mismatched checkpoint.
     """
     log = log or sys.stderr
+    out_dir = Path(out_dir)
+    ckpt = read_resume_checkpoint(out_dir / CHECKPOINT, _architecture(cfg)) if resume else None
     frames = cfg.observe + cfg.predict
     train_data = MovingMNIST.from_idx("train", cfg.data_dir, frames=frames)
     test = MovingMNIST.from_idx("test", cfg.data_dir, frames=frames).fixed(cfg.test_size, cfg.seed + TEST_SEED_OFFSET)
@@ -146,12 +179,31 @@ def run_moving_mnist(cfg: MovingMNISTConfig, out_dir: Path, progress: bool = Fal
                                     cfg.shortcut_every, cfg.backend)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     records: List[Dict] = []
     trained, step, window = 0.0, 0, []
-    bar = tqdm(total=round(cfg.budget_s), unit="s", desc=f"{cfg.layers}-layer {cfg.cell}", disable=not progress,
-               leave=False, file=sys.stderr)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        g.set_state(ckpt["generator"])
+        set_rng_state(ckpt["rng"])
+        trained, step, records = ckpt["trained_seconds"], ckpt["step"], ckpt["records"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir / CHECKPOINT)
+    name = f"{cfg.layers}-layer {cfg.cell}"
+
+    def save() -> None:
+        write_metrics(out_dir / "metrics.jsonl", records)
+        plot_series({"train loss": [r["train_loss"] for r in records]}, [r["step"] for r in records],
+                    out_dir / CURVES, "step", "loss", f"{cfg.task}: {name}")
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                     "trained_seconds": trained, "records": records, "generator": g.get_state(),
+                     "rng": rng_state(), "architecture": _architecture(cfg), "config": asdict(cfg)},
+                    out_dir / CHECKPOINT)
+
+    # a step cap gives a bar in steps; the budget alone, one in seconds trained that still names the step
+    bar = (step_bar(desc=name, show=progress, total=cfg.max_steps) if cfg.max_steps > 0
+           else budget_bar(cfg.budget_s, desc=name, show=progress))
+    bar.update(step if cfg.max_steps > 0 else min(trained, cfg.budget_s))
     while trained < cfg.budget_s and (cfg.max_steps <= 0 or step < cfg.max_steps):
         batch = train_data.sample(cfg.batch_size, g)
         t0 = time.perf_counter()
@@ -165,30 +217,33 @@ def run_moving_mnist(cfg: MovingMNISTConfig, out_dir: Path, progress: bool = Fal
         trained += seconds
         step += 1
         window.append(loss.item())
-        bar.update(min(round(trained) - bar.n, bar.total - bar.n))
-        bar.set_postfix(step=step, phase="teacher-forced" if teacher_forced else "closed-loop", loss=f"{window[-1]:.4f}")
-        if step % 10 == 0:
+        bar.update(1 if cfg.max_steps > 0 else min(seconds, cfg.budget_s - bar.n))
+        bar.set_postfix_str(f"step {step}, {'teacher-forced' if teacher_forced else 'closed-loop'}, "
+                            f"loss {window[-1]:.4f}")
+        if step % 10 == 0 or trained >= cfg.budget_s or step == cfg.max_steps:  # and the last step's
             records.append({"step": step, "train_seconds": round(trained, 2), "train_loss": sum(window) / len(window),
                             "teacher_forced": teacher_forced})
-            write_metrics(out_dir / "metrics.jsonl", records)
             window = []
+            save()
     bar.close()
     print(f"trained {step} steps in {trained:.0f} s; evaluating on {cfg.test_size} test sequences", file=log)
     model.eval()
     start = time.perf_counter()
-    name = f"{cfg.layers}-layer {cfg.cell}"
-    results = {name: evaluate_frames(model, test, cfg.observe, 64)}
+    results = {name: evaluate_frames(model, test, cfg.observe, 64, progress, f"evaluating {name}")}
     eval_seconds = time.perf_counter() - start
     results["copy last frame"] = evaluate_frames(copy_last_frame, test, cfg.observe, 64)
     results["all black"] = evaluate_frames(all_black, test, cfg.observe, 64)
-    for model_name, metrics in results.items():
-        records.append({"test": model_name, **metrics, **{f"{k}_avg": sum(v) / len(v) for k, v in metrics.items()}})
-    write_metrics(out_dir / "metrics.jsonl", records)
+    tests = [{"test": model_name, **metrics, **{f"{k}_avg": sum(v) / len(v) for k, v in metrics.items()}}
+             for model_name, metrics in results.items()]
+    write_metrics(out_dir / "metrics.jsonl", records + tests)
     table = results_table(results)
     (out_dir / "results.md").write_text(table)
     with torch.no_grad():
         shown = test[:4]
-        save_predictions_png(shown, model(shown[:, :cfg.observe], cfg.predict), cfg.observe, out_dir / "predictions.png")
+        title = (f"{cfg.task}: {name} after {step} steps; observe {cfg.observe} frames, predict {cfg.predict} "
+                 f"(the first {len(shown)} test sequences)")
+        save_predictions_png(shown, model(shown[:, :cfg.observe], cfg.predict), cfg.observe,
+                             out_dir / "predictions.png", title)
     torch.save({"model": model.state_dict(), "config": asdict(cfg)}, out_dir / "model.pt")
     summary = {
         "task": cfg.task, "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "steps": step,
@@ -196,7 +251,7 @@ def run_moving_mnist(cfg: MovingMNISTConfig, out_dir: Path, progress: bool = Fal
         "parameters": sum(p.numel() for p in model.parameters()), "test_size": cfg.test_size,
         **{f"{k}_avg": sum(v) / len(v) for k, v in results[name].items()},
         "baselines": {b: {f"{k}_avg": sum(v) / len(v) for k, v in results[b].items()} for b in ("copy last frame", "all black")},
-        "config": asdict(cfg), "out": str(out_dir),
+        "config": asdict(cfg), "out": str(out_dir), "curves": str(out_dir / CURVES),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(table, end="", file=log)

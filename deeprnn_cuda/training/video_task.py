@@ -15,17 +15,16 @@ the predictor collapse to black frames under the MSE.
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import List
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..data.moving_digits import moving_digits
 from ..metrics import psnr, ssim
 from ..models.predictor import DeepVideoPredictor
+from .progress import step_bar
 
 _TEST_SEED_OFFSET = 1_000_003
 
@@ -66,14 +65,16 @@ class VideoPredictionResult:
 
 
 @torch.no_grad()
-def evaluate_predictor(model: DeepVideoPredictor, videos: torch.Tensor, observe: int, batch_size: int) -> tuple:
-    """Mean PSNR and SSIM ``(predict,)`` per predicted frame of ``videos (N, observe + predict, C, H, W)``."""
+def evaluate_predictor(model: DeepVideoPredictor, videos: torch.Tensor, observe: int, batch_size: int,
+                       progress: bool = False) -> tuple:
+    """Mean PSNR and SSIM ``(predict,)`` per predicted frame of ``videos (N, observe + predict, C, H, W)``;
+    ``progress`` shows a bar of the batches on stderr."""
     was_training = model.training
     model.eval()
     predict = videos.shape[1] - observe
     psnr_sum = torch.zeros(predict, dtype=torch.float64)
     ssim_sum = torch.zeros(predict, dtype=torch.float64)
-    for batch in videos.split(batch_size):
+    for batch in step_bar(videos.split(batch_size), "evaluating", progress, unit="batch"):
         pred = model(batch[:, :observe], predict)
         psnr_sum += psnr(pred, batch[:, observe:]).sum(dim=0)
         ssim_sum += ssim(pred, batch[:, observe:]).sum(dim=0)
@@ -118,7 +119,7 @@ def run_video_prediction(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(seed)
     losses = []
-    bar = tqdm(range(steps), desc="video prediction", disable=not progress, leave=False, file=sys.stderr)
+    bar = step_bar(range(steps), "video prediction", progress)
     for step in bar:
         batch = train[torch.randint(train_size, (batch_size,), generator=g)]
         teacher_forced = step < teacher_forcing_steps
@@ -132,7 +133,7 @@ def run_video_prediction(
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(phase="teacher-forced" if teacher_forced else "closed-loop", loss=f"{losses[-1]:.4f}")
-    psnr_t, ssim_t = evaluate_predictor(model, test, observe, batch_size)
+    psnr_t, ssim_t = evaluate_predictor(model, test, observe, batch_size, progress)
     future = test[:, observe:]
     black = torch.zeros_like(future)
     return VideoPredictionResult(
