@@ -13,7 +13,7 @@ VENV="$ROOT/.venv-oldest"
 if [ ! -x "$VENV/bin/python" ]; then
   "${PYTHON:-python3}" -m venv "$VENV"
 fi
-"$VENV/bin/pip" install -q --upgrade pip "setuptools>=64" wheel
+"$VENV/bin/pip" install -q --upgrade pip "setuptools>=77" wheel
 "$VENV/bin/pip" install -q "torch==$OLDEST_TORCH" "triton==$OLDEST_TRITON" ninja "numpy<2.4" tqdm matplotlib pillow pytest
 
 work="$(mktemp -d)"
