@@ -1,4 +1,4 @@
-"""The ``deeprnn`` command line: ``info``, ``train``, ``compare`` and ``demo``."""
+"""The ``deeprnn`` command line: ``info``, ``train``, ``compare``, ``demo``, ``predict`` and ``export``."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,8 @@ from .data.idx import FASHION_MNIST_DIR
 from .models.stack import CELLS
 from .training.action import ActionConfig
 from .training.config import DEVICES, LR_SCHEDULES, TrainConfig
+from .training.export import FORMATS
+from .training.frames import FRAMES_TASK, FramesConfig
 from .training.moving_mnist_task import MovingMNISTConfig
 from .training.overlap import COHERENCE_SPACES
 
@@ -59,7 +61,10 @@ _MNIST_CELL_DEFAULTS = {"cbm": {"layers": 15, "hidden": 16, "shortcut_every": 2}
 ACTION_TASK = "action"
 """``deeprnn train --task action --data-dir ROOT``: a paper action model on video files or frame folders."""
 
-TRAIN_TASKS = TASKS + (VIDEO_TASK,) + MNIST_TASKS + (ACTION_TASK,)
+_FRAMES_CELL_DEFAULTS = {**_MNIST_CELL_DEFAULTS, "convgru": _MNIST_CELL_DEFAULTS["convlstm"]}
+"""``--task frames``: the Moving-MNIST runs' stacks per cell, ConvGRU shaped like the ConvLSTM."""
+
+TRAIN_TASKS = TASKS + (VIDEO_TASK,) + MNIST_TASKS + (ACTION_TASK, FRAMES_TASK)
 """Every ``deeprnn train --task``."""
 
 _SYNTHETIC_OPTIONS = ("cell", "layers", "hidden", "kernel_size", "shortcut_every", "frames", "image_size", "train_size",
@@ -74,6 +79,10 @@ TASK_OPTIONS: Dict[str, tuple] = {
               "budget_minutes", "max_steps", "ssim_weight", "resume") for task in MNIST_TASKS},
     ACTION_TASK: ("model", "cell", "hidden", "frames", "image_size", "epochs", "batch_size", "lr", "td_schedule",
                   "data_dir"),
+    # the Moving-MNIST run's options, on windows of the user's sequences
+    FRAMES_TASK: ("cell", "layers", "hidden", "kernel_size", "shortcut_every", "patch", "observe", "predict", "stride",
+                  "image_size", "test_size", "batch_size", "lr", "data_dir", "budget_minutes", "max_steps",
+                  "ssim_weight", "workers", "resume"),
 }
 """Per task of ``deeprnn train``: the options it takes besides those every task takes (:data:`COMMON_OPTIONS`);
 it refuses the others."""
@@ -99,6 +108,12 @@ def task_defaults(task: str) -> Dict[str, object]:
     if task == ACTION_TASK:
         # the one field without a default, data_dir, is required
         return {f.name: None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(ActionConfig)}
+    if task == FRAMES_TASK:
+        found = dataclasses.asdict(FramesConfig(data_dir=None))
+        found["budget_minutes"] = found.pop("budget_s") / 60
+        for key in _FRAMES_CELL_DEFAULTS["cbm"]:
+            found[key] = {cell: defaults[key] for cell, defaults in _FRAMES_CELL_DEFAULTS.items()}
+        return found
     raise ValueError(f"task must be one of {list(TRAIN_TASKS)}, got {task!r}")
 
 
@@ -167,7 +182,8 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
                    help=("what to train (default moving-shapes): " if not grid else "(default moving-shapes) ")
                    + "moving-shapes and cat-dog classify synthetic sequences"
                    + ("" if grid else "; video-prediction predicts moving digits; moving-fmnist and moving-mnist "
-                      "predict Moving (Fashion-)MNIST from IDX image files; action classifies your own videos"))
+                      "predict Moving (Fashion-)MNIST from IDX image files; action classifies your own videos; "
+                      "frames predicts your own frames (arrays, frame folders, video files)"))
     if not grid:
         add("--cell", choices=CELLS, help="recurrent cell (moving-fmnist, moving-mnist: cbm or convlstm)")
         add("--layers", type=int, help="stack depth")
@@ -204,7 +220,14 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     if not grid:
         add("--data-dir", help="moving-mnist, moving-fmnist: folder of MNIST-format IDX files; action: ROOT holding "
-                               "train/<class>/<video> and test/<class>/<video> (video files or frame folders)")
+                               "train/<class>/<video> and test/<class>/<video> (video files or frame folders); "
+                               "frames: ROOT holding train/ and test/ (or only sequences, the last fifth by name "
+                               "tested) of .npy/.npz arrays, frame folders and video files")
+        add("--patch", type=int, help="side of the patches stacked as channels (frame sides must divide by it)")
+        add("--observe", type=int, help="frames observed before predicting")
+        add("--predict", type=int, help="frames predicted, closed loop")
+        add("--stride", type=int, help="frames between the starts of consecutive windows")
+        add("--workers", type=int, help="data-loader processes decoding frames while the model trains")
         add("--budget-minutes", type=float, help="training wall-clock budget, evaluation excluded")
         add("--max-steps", type=int, help="stop after this many steps, 0: the budget only")
         add("--ssim-weight", type=float, help="weight of the 1 - SSIM loss term beside the cross entropy, 0: off")
@@ -213,7 +236,7 @@ def _train_options(p: argparse.ArgumentParser, grid: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``deeprnn`` parser with its four subcommands."""
+    """The ``deeprnn`` parser with its subcommands."""
     parser = _Parser(prog="deeprnn", description="Deep RNN Framework (CBM, Overlap Coherence Training) on PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, title="commands",
                                 help="what to do (deeprnn COMMAND --help: its options)")
@@ -237,6 +260,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", choices=DEVICES, default="auto", help="default auto: cuda when available")
     demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     demo.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    predict_help = "predict the frames after a video file, frame folder or array with a trained run's model"
+    predict = sub.add_parser("predict", help=predict_help, description=predict_help[0].upper() + predict_help[1:]
+                             + ": PNGs, a .npy and an animated GIF (predicted frames framed in red).")
+    predict.add_argument("--run", type=Path, required=True, help="the --out folder of a deeprnn train run")
+    predict.add_argument("--input", type=Path, required=True,
+                         help="a video file, a folder of frames or a .npy/.npz array (one sequence)")
+    predict.add_argument("--predict", type=int, help="frames to predict (default: the run's --predict)")
+    predict.add_argument("--start", type=int, help="first observed frame (default: observe the last frames)")
+    predict.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
+    predict.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    export_help = "export a trained run's predictor as a torch.export program (pt2) or an ONNX graph"
+    export = sub.add_parser("export", help=export_help, description=export_help[0].upper() + export_help[1:]
+                            + ": observed frames (1, observe, C, H, W) in, the predicted frames out.")
+    export.add_argument("--run", type=Path, required=True, help="the --out folder of a deeprnn train run")
+    export.add_argument("--format", choices=FORMATS, required=True,
+                        help="pt2: keeps the fused ops (load after import deeprnn_cuda); onnx: standard operators")
+    export.add_argument("--out", type=Path, required=True, help="the file to write")
+    export.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     return parser
 
 
@@ -395,6 +436,46 @@ def _train_action(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_frames(args: argparse.Namespace) -> int:
+    """Train a frame predictor on ``--data-dir``'s sequences; print the per-horizon table and the JSON summary."""
+    from .training import ConfigError
+    from .training.frames import FramesDataError, run_frames
+
+    if args.data_dir is None:
+        raise ConfigError("--data-dir", f"is required for --task {FRAMES_TASK}: ROOT holding train/ and test/ sequences")
+    cell = args.cell or FramesConfig.cell
+    given = {k: getattr(args, k) for k in ("layers", "hidden", "kernel_size", "shortcut_every", "patch", "observe",
+                                           "predict", "stride", "image_size", "test_size", "batch_size", "lr", "seed",
+                                           "backend", "max_steps", "ssim_weight", "workers")}
+    options = {**_FRAMES_CELL_DEFAULTS[cell], **{k: v for k, v in given.items() if v is not None}}
+    if args.budget_minutes is not None:
+        options["budget_s"] = args.budget_minutes * 60
+    cfg = FramesConfig(data_dir=args.data_dir, cell=cell, **options)
+    for option, value, low in (("--layers", cfg.layers, 1), ("--hidden", cfg.hidden, 1), ("--patch", cfg.patch, 1),
+                               ("--observe", cfg.observe, 1), ("--predict", cfg.predict, 1), ("--stride", cfg.stride, 1),
+                               ("--batch-size", cfg.batch_size, 1),
+                               ("--test-size", cfg.test_size, 1), ("--max-steps", cfg.max_steps, 0),
+                               ("--workers", cfg.workers, 0)):
+        if value < low:
+            raise ConfigError(option, f"must be >= {low}, got {value}")
+    if cfg.image_size is not None and (cfg.image_size < 1 or cfg.image_size % cfg.patch):
+        raise ConfigError("--image-size", f"must be a positive multiple of --patch {cfg.patch}, got {cfg.image_size}")
+    if not cfg.budget_s > 0:
+        raise ConfigError("--budget-minutes", f"must be > 0, got {args.budget_minutes}")
+    if not cfg.lr > 0:
+        raise ConfigError("--lr", f"must be > 0, got {cfg.lr}")
+    if not cfg.ssim_weight >= 0:
+        raise ConfigError("--ssim-weight", f"must be >= 0, got {cfg.ssim_weight}")
+    if cfg.kernel_size < 1 or cfg.kernel_size % 2 == 0:
+        raise ConfigError("--kernel-size", f"must be an odd number >= 1, got {cfg.kernel_size}")
+    try:
+        summary = run_frames(cfg, Path(args.out), resume=bool(args.resume), progress=args.progress)
+    except FramesDataError as e:  # unreadable, too short or inconsistent data: one line naming the file
+        raise ConfigError("--data-dir", str(e)) from None
+    print(json.dumps(summary))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train one model; the last stdout line is the JSON summary."""
     from .training import train
@@ -407,6 +488,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_moving_mnist(args)
     if args.task == ACTION_TASK:
         return _train_action(args)
+    if args.task == FRAMES_TASK:
+        return _train_frames(args)
     summary = train(_config(args), args.out, resume=bool(args.resume), progress=args.progress)
     if summary:
         print(json.dumps(summary))
@@ -463,7 +546,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"info": cmd_info, "train": cmd_train, "compare": cmd_compare, "demo": cmd_demo}
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict frames after ``--input`` with the model of ``--run``; the last stdout line is the JSON record."""
+    from .training import ConfigError
+    from .training.predict import predict_frames
+
+    try:
+        result = predict_frames(args.run, args.input, args.out, predict=args.predict, start=args.start)
+    except ValueError as e:  # the message starts with the argument it is about, or names the input file
+        option = {"start": "--start", "predict": "--predict", "run": "--run"}.get(str(e).split()[0], "--input")
+        raise ConfigError(option, str(e)) from None
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the predictor of ``--run``; the last stdout line is the JSON record."""
+    from .training import ConfigError
+    from .training.export import export_run
+
+    try:
+        result = export_run(args.run, args.format, args.out)
+    except ValueError as e:  # a folder without model.pt
+        raise ConfigError("--run", str(e)) from None
+    print(json.dumps(result))
+    return 0
+
+
+COMMANDS = {"info": cmd_info, "train": cmd_train, "compare": cmd_compare, "demo": cmd_demo, "predict": cmd_predict,
+            "export": cmd_export}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -115,21 +115,22 @@ def results_table(results: Dict[str, Dict[str, List[float]]]) -> str:
 
 
 def prediction_figure(videos: torch.Tensor, predictions: torch.Tensor, observe: int, title: str):
-    """A matplotlib figure of ``videos (n, T, 1, H, W)`` and their ``predictions (n, T - observe, 1, H, W)``:
+    """A matplotlib figure of ``videos (n, T, C, H, W)`` and their ``predictions (n, T - observe, C, H, W)``
+    (grayscale for one channel, RGB for three):
     per sequence a row of the true frames and under it the predicted ones (blank under the observed frames),
     the rows labelled, the frames numbered, a red line where prediction starts, and ``title`` on top."""
     plt = pyplot()
-    n, T, _, H, W = videos.shape
+    n, T, C, H, W = videos.shape
     gap = 2
-    mosaic = torch.full((2 * n * (H + gap) - gap, T * (W + gap) - gap), 0.5)
+    mosaic = torch.full((2 * n * (H + gap) - gap, T * (W + gap) - gap, C), 0.5)
     for i in range(n):
         for t in range(T):
-            shown = [(2 * i, videos[i, t, 0]), (2 * i + 1, predictions[i, t - observe, 0] if t >= observe else None)]
+            shown = [(2 * i, videos[i, t]), (2 * i + 1, predictions[i, t - observe] if t >= observe else None)]
             for r, image in shown:
-                tile = torch.zeros(H, W) if image is None else image.clamp(0, 1)
+                tile = torch.zeros(H, W, C) if image is None else image.clamp(0, 1).permute(1, 2, 0)
                 mosaic[r * (H + gap):r * (H + gap) + H, t * (W + gap):t * (W + gap) + W] = tile
     fig, ax = plt.subplots(figsize=(1.0 + 0.45 * T, 0.6 + 0.45 * 2 * n))
-    ax.imshow(mosaic.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(mosaic.squeeze(2).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([t * (W + gap) + W / 2 for t in range(T)], [str(t + 1) for t in range(T)], fontsize=7)
     ax.set_yticks([r * (H + gap) + H / 2 for r in range(2 * n)],
                   [f"{i + 1}: {row}" for i in range(n) for row in ("true", "predicted")], fontsize=7)
