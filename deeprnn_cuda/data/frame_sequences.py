@@ -27,7 +27,7 @@ from PIL import Image
 
 from .clip_videos import natural_key
 from .frame_folder import EXTENSIONS as IMAGE_EXTENSIONS
-from .video_files import VIDEO_EXTENSIONS, count_frames, read_frames
+from .video_files import VIDEO_EXTENSIONS, _av, count_frames, read_frames
 
 ARRAY_EXTENSIONS = (".npy", ".npz")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -70,13 +70,10 @@ def _array_layout(shape: Tuple[int, ...], name: str) -> Tuple[str, int, int, int
 def _check_array(array: np.ndarray, path: Path, key: Optional[str]) -> FrameSequence:
     name = f"{path}:{key}" if key is not None else str(path)
     layout, C, H, W = _array_layout(array.shape, name)
-    if array.dtype == np.uint8:
-        pass
-    elif np.issubdtype(array.dtype, np.floating):
-        if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
-            raise ValueError(f"array {name} holds float values outside [0, 1] (uint8 0-255 or float 0-1 expected)")
-    else:
+    if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"array {name} has dtype {array.dtype}; expected uint8 (0-255) or float in [0, 1]")
+    if array.dtype != np.uint8 and array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+        raise ValueError(f"array {name} holds float values outside [0, 1] (uint8 0-255 or float 0-1 expected)")
     return FrameSequence(path, "array", array.shape[0], C, H, W, key=key, layout=layout)
 
 
@@ -113,8 +110,7 @@ def _scan_folder(folder: Path) -> FrameSequence:
 
 
 def _scan_video(path: Path) -> FrameSequence:
-    import av
-
+    av = _av()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
