@@ -70,7 +70,7 @@ class Key(NamedTuple):
     # without gradients, the call's all_states (it decides which states the inference op keeps); None with
     # gradients, where the forward op keeps every state whatever the call asks for
     all_states: Optional[bool]
-    tf32: Optional[Tuple[bool, bool]]  # (cudnn.allow_tf32, cuda.matmul.allow_tf32) for float32, else None
+    tf32: Optional[bool]  # cudnn.allow_tf32 for float32 (every backend's TF32 switch), else None
 
 
 class CellKey(NamedTuple):
@@ -83,7 +83,7 @@ class CellKey(NamedTuple):
     grad: bool
     # without gradients, ConvLSTM's all_states (as in Key); None with gradients or for ConvGRU, which has none
     all_states: Optional[bool]
-    tf32: Optional[Tuple[bool, bool]]
+    tf32: Optional[bool]
 
 
 class Entry(NamedTuple):
@@ -136,10 +136,12 @@ def time_ms(fn: Callable[[], object]) -> float:
     return statistics.median(times)
 
 
-def _tf32_flags(x: torch.Tensor) -> Optional[Tuple[bool, bool]]:
+def _tf32_flags(x: torch.Tensor) -> Optional[bool]:
+    """The flag float32 precision follows on every backend (cuDNN's convolutions, the Triton kernels'
+    ``dot_precision``): ``torch.backends.cudnn.allow_tf32``; None for other dtypes."""
     if x.dtype != torch.float32:
         return None
-    return (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    return torch.backends.cudnn.allow_tf32
 
 
 def make_key(x, weight_r, bias_r, weight_t, bias_t, td_mask, act_r, act_t, merge, grad: bool,

@@ -1,4 +1,4 @@
-"""The Triton backend against the reference (DESIGN.md sections 1 and 5).
+"""The Triton backend against the reference (docs/design.md sections 1 and 5).
 
 On a machine with no GPU the kernels run on CPU tensors under the Triton interpreter
 (``TRITON_INTERPRET=1``, set by conftest.py), which is slow: every case here is tiny. Tests marked
@@ -395,19 +395,19 @@ def test_cuda_tf32_switch():
     from deeprnn_cuda.triton import kernels
 
     x = torch.zeros(1, device="cuda")
-    old = torch.backends.cuda.matmul.allow_tf32
+    old = torch.backends.cudnn.allow_tf32
     try:
-        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
         assert kernels.dot_precision(x) == "ieee"
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True  # the flag the native convolutions follow too
         assert kernels.dot_precision(x) == "tf32"
         assert kernels.dot_precision(x.bfloat16()) == "ieee"  # ignored for bf16 operands anyway
         args, td_mask, grads = make_inputs(4, 4, 32, 64, 14, 14, 3, 3, device="cuda", seed=9)
         o, c, _ = run("triton", args, td_mask, grads)
         o_ref, c_ref, _ = run("reference", args, td_mask, grads)
-        assert rel_err(o, o_ref) <= 1e-3 and rel_err(c, c_ref) <= 1e-3  # DESIGN.md: TF32 <= 1e-3
+        assert rel_err(o, o_ref) <= 1e-3 and rel_err(c, c_ref) <= 1e-3  # docs/design.md: TF32 <= 1e-3
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        torch.backends.cudnn.allow_tf32 = old
 
 
 # Everything but the missing-Triton tests needs the backend.

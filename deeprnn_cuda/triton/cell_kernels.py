@@ -1,4 +1,4 @@
-"""Triton kernels for the ConvLSTM and ConvGRU recurrences (DESIGN.md section 7), forward and backward.
+"""Triton kernels for the ConvLSTM and ConvGRU recurrences (docs/design.md section 7), forward and backward.
 
 Same machinery as the CBM kernels of :mod:`.kernels` (whose row tiling, launch-strategy switch, precision
 rule and autotune configurations are reused): every activation tensor is NCHW-contiguous, one image per
@@ -33,7 +33,8 @@ buffers are never the same in one phase (the LSTM's cell-gradient carry ping-pon
 step parity), so no tile reads what another thread of the same phase writes.
 
 The GPU paths (compiled kernels, autotuning, bf16) have not been run on a GPU here: only the interpreter
-(``TRITON_INTERPRET=1``) and the sm_90 ahead-of-time compile (:func:`compile_check`) have been exercised.
+(``TRITON_INTERPRET=1``) and the sm_80 / sm_90 ahead-of-time compiles (:func:`compile_check`,
+:mod:`.config_sweep`) have been exercised.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ import triton
 import triton.language as tl
 
 from . import kernels as _cbm
-from .kernels import INTERPRET, _gates_conv, _rows, _tanh  # noqa: F401  (called from the jit code)
+from .kernels import INTERPRET, _gates_conv, _offsets, _rows, _tanh  # noqa: F401  (called from the jit code)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -89,10 +90,9 @@ def _st(ptr, val, mask):
 def _lstm_fwd_tile(t, b0, NB, pid_m, pid_n, B, C, H, W, h0, c0, p, wf, h_out, c_out, gates,
                    KS: tl.constexpr, F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_K: tl.constexpr, PREC: tl.constexpr, CACHE: tl.constexpr):
-    HW = H * W
-    CHW = C * HW
     b_row, pix, m_ok = _rows(pid_m, b0, NB, H, W, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    CHW, loc = _offsets(C, H, W, offs_n, pix)
     img = (t * B + b_row).to(tl.int64)
     if t == 0:
         src_h = h0
@@ -106,7 +106,6 @@ def _lstm_fwd_tile(t, b0, NB, pid_m, pid_n, B, C, H, W, h0, c0, p, wf, h_out, c_
     a_i, a_f, a_o, a_g = _gates_conv(zero, zero, zero, zero, src_h, prev, pix, m_ok, wf, offs_n, C, C, 4 * C,
                                      H, W, 4, KS, 1, BLOCK_K, PREC, CACHE)
     mask = m_ok[:, None] & (offs_n < C)[None, :]
-    loc = offs_n[None, :] * HW + pix[:, None]
     four = (img * 4 * CHW)[:, None] + loc  # channel n of gate 0 in a 4C-channel image
     i = tl.sigmoid(a_i + _ld(p + four, mask, zero))
     f = tl.sigmoid(a_f + _ld(p + four + CHW, mask, zero))
@@ -128,12 +127,10 @@ def _lstm_bwd_tile(t, b0, NB, pid_m, pid_n, T, B, C, H, W, gh, gc, c_ptr, c0, ga
                    dc_even, dc_odd, dh0,
                    KS: tl.constexpr, F64: tl.constexpr, FINAL: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr, CACHE: tl.constexpr):
-    HW = H * W
-    CHW = C * HW
     b_row, pix, m_ok = _rows(pid_m, b0, NB, H, W, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    CHW, loc = _offsets(C, H, W, offs_n, pix)
     mask = m_ok[:, None] & (offs_n < C)[None, :]
-    loc = offs_n[None, :] * HW + pix[:, None]
     state = b_row.to(tl.int64) * CHW  # image b of a (B, C, H, W) buffer
     zero = _zeros(BLOCK_M, BLOCK_N, F64)
     if FINAL:
@@ -185,10 +182,9 @@ def _lstm_bwd_tile(t, b0, NB, pid_m, pid_n, T, B, C, H, W, gh, gc, c_ptr, c0, ga
 def _gru_fwd_tile(t, b0, NB, pid_m, pid_n, B, C, H, W, h0, p, wzr, wn, h_out, saved,
                   KS: tl.constexpr, F64: tl.constexpr, PHASE: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr, CACHE: tl.constexpr):
-    HW = H * W
-    CHW = C * HW
     b_row, pix, m_ok = _rows(pid_m, b0, NB, H, W, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    CHW, loc = _offsets(C, H, W, offs_n, pix)
     img = (t * B + b_row).to(tl.int64)
     if t == 0:
         src_h = h0
@@ -197,7 +193,6 @@ def _gru_fwd_tile(t, b0, NB, pid_m, pid_n, B, C, H, W, h0, p, wzr, wn, h_out, sa
         src_h = h_out
         prev = (img - B) * CHW
     mask = m_ok[:, None] & (offs_n < C)[None, :]
-    loc = offs_n[None, :] * HW + pix[:, None]
     three = (img * 3 * CHW)[:, None] + loc  # P: z, r, n
     four = (img * 4 * CHW)[:, None] + loc   # saved: z, r, n, q
     zero = _zeros(BLOCK_M, BLOCK_N, F64)
@@ -223,12 +218,10 @@ def _gru_fwd_tile(t, b0, NB, pid_m, pid_n, B, C, H, W, h0, p, wzr, wn, h_out, sa
 def _gru_bwd_tile(t, b0, NB, pid_m, pid_n, T, B, C, H, W, gh, h_ptr, h0, saved, wzr, wn, dp, dhz, carry, dh0,
                   KS: tl.constexpr, F64: tl.constexpr, PHASE: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr, CACHE: tl.constexpr):
-    HW = H * W
-    CHW = C * HW
     b_row, pix, m_ok = _rows(pid_m, b0, NB, H, W, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    CHW, loc = _offsets(C, H, W, offs_n, pix)
     mask = m_ok[:, None] & (offs_n < C)[None, :]
-    loc = offs_n[None, :] * HW + pix[:, None]
     state = b_row.to(tl.int64) * CHW
     zero = _zeros(BLOCK_M, BLOCK_N, F64)
     if PHASE == 2:
@@ -387,9 +380,14 @@ def _gru_bwd_seq_kernel(T, B, C, H, W, gh, h_ptr, h0, saved, wzr, wn, dp, dhz, c
 MAX_ACC = 128 * 128
 
 
+def fits_accumulators(config) -> bool:
+    """Whether a single-step configuration's four gate accumulators fit :data:`MAX_ACC` (the configurations
+    that fail this are never picked for the cells)."""
+    return 4 * config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] <= MAX_ACC
+
+
 def _prune_cells(configs, named_args, **kwargs):
-    kept = [c for c in _cbm._prune_step(configs, named_args)
-            if 4 * c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= MAX_ACC]
+    kept = [c for c in _cbm._prune_step(configs, named_args) if fits_accumulators(c)]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
 
 
@@ -425,6 +423,7 @@ def _plan(x: torch.Tensor, B: int, C: int, H: int, W: int, ks: int, gates: int):
     """``(multi, grid, blocks, common)``: the launch strategy (by :func:`.kernels.use_multistep` on the
     ``gates * C`` accumulator columns a program holds), the single-step grid, the block sizes and the
     constexprs every kernel takes."""
+    _cbm.check_rows(B, H, W)
     L = LAUNCHERS
     HW = H * W
     multi = _cbm.use_multistep(B, gates * C, H, W, ks)
@@ -463,9 +462,9 @@ def lstm_backward(grad_h, grad_c, c, c0, gates, w_h, da, dh0, dc0):
     """Fill ``da`` (dA, T, B, 4C, H, W), ``dh0`` and ``dc0``; every tensor contiguous."""
     T, B, C, H, W = c.shape
     ks = w_h.shape[-1]
+    multi, grid, blocks, common = _plan(c0, B, C, H, W, ks, 4)
     wb = w_h.permute(2, 3, 0, 1).contiguous()  # [kh, kw, 4C, ci]
     dc_odd = torch.empty_like(dc0)  # the carry's other buffer (t = 0 writes dc0)
-    multi, grid, blocks, common = _plan(c0, B, C, H, W, ks, 4)
     L = LAUNCHERS
     args = (grad_h, grad_c, c, c0, gates, wb, da, dc0, dc_odd, dh0)
     if multi:
@@ -499,9 +498,9 @@ def gru_backward(grad_h, h, h0, saved, w_h, dp, dh0):
     ks = w_h.shape[-1]
     wzr = w_h[:2 * C].permute(2, 3, 0, 1).contiguous()  # [kh, kw, 2C, ci]
     wn = w_h[2 * C:].permute(2, 3, 0, 1).contiguous()   # [kh, kw, C, ci]
+    multi, grid, blocks, common = _plan(h0, B, C, H, W, ks, 2)
     dhz = torch.empty(B, C, H, W, device=dp.device, dtype=dp.dtype)
     carry = torch.empty_like(dhz)
-    multi, grid, blocks, common = _plan(h0, B, C, H, W, ks, 2)
     L = LAUNCHERS
     args = (grad_h, h, h0, saved, wzr, wn, dp, dhz, carry, dh0)
     if multi:
@@ -524,6 +523,26 @@ _POINTERS = _STATE_POINTERS | {"h0", "c0", "p", "wf", "wb", "wzr", "wn", "h_out"
                                "gh", "gc", "c_ptr", "h_ptr", "dh0"}
 
 
+def compile_for(name: str, dt: str, prec: str, config=None, capability: int = 90, **extra):
+    """Compile cell kernel ``name`` (``lstm_fwd_step`` ... ``gru_bwd_seq``) for activations of Triton type ``dt``
+    (``fp32``, ``bf16``, ``fp16``; the backward buffers are fp32) and dot precision ``prec``, with the tile
+    sizes, warps and stages of ``config`` (a ``triton.Config``; default: 64 x 32 x 32, 4 warps, 3 stages) and
+    the constexprs ``extra`` (``FINAL``, ``PHASE``), to a cubin for ``sm_<capability>`` without a GPU
+    (:func:`.kernels.compile_jit`). Returns the compiled kernel."""
+    blocks = dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
+    blocks.update(config.kwargs if config is not None else {})
+    consts = dict(KS=3, F64=False, PREC=prec, **blocks, **extra)
+
+    def pointer_type(arg: str) -> Optional[str]:
+        if arg not in _POINTERS:
+            return None
+        return "*fp32" if arg in _STATE_POINTERS else "*" + dt
+
+    return _cbm.compile_jit(globals()[f"_{name}_kernel"], consts, pointer_type,
+                            num_warps=config.num_warps if config is not None else 4,
+                            num_stages=config.num_stages if config is not None else 3, capability=capability)
+
+
 def compile_check(capability: int = 90, cases=None):
     """Compile the cell kernels to a cubin for ``sm_<capability>`` without a GPU, like
     :func:`.kernels.compile_check` (run without ``TRITON_INTERPRET``). ``cases``: ``(kernel name, pointer
@@ -533,15 +552,5 @@ def compile_check(capability: int = 90, cases=None):
                  ("lstm_fwd_seq", "bf16", "ieee", {}), ("lstm_bwd_seq", "fp16", "ieee", {}),
                  ("gru_fwd_step", "bf16", "ieee", {"PHASE": 1}), ("gru_bwd_step", "fp32", "tf32", {"PHASE": 0}),
                  ("gru_fwd_seq", "fp32", "ieee", {}), ("gru_bwd_seq", "bf16", "ieee", {})]
-    out = {}
-    for name, dt, prec, extra in cases:
-        consts = dict(KS=3, F64=False, PREC=prec, BLOCK_M=64, BLOCK_N=32, BLOCK_K=32, **extra)
-
-        def pointer_type(arg: str, dt: str = dt) -> Optional[str]:
-            if arg not in _POINTERS:
-                return None
-            return "*fp32" if arg in _STATE_POINTERS else "*" + dt
-
-        compiled = _cbm.compile_jit(globals()[f"_{name}_kernel"], consts, pointer_type, capability=capability)
-        out[f"{name}/{dt}/{prec}"] = compiled.metadata.shared
-    return out
+    return {f"{name}/{dt}/{prec}": compile_for(name, dt, prec, capability=capability, **extra).metadata.shared
+            for name, dt, prec, extra in cases}

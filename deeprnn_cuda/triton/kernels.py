@@ -1,4 +1,4 @@
-"""Triton kernels for the CBM recurrence (DESIGN.md section 1), forward and backward.
+"""Triton kernels for the CBM recurrence (docs/design.md section 1), forward and backward.
 
 Layout: every activation tensor is NCHW-contiguous, one "image" per (t, b), ``C * H * W`` elements.
 A tile is ``BLOCK_M`` rows ((image, pixel) pairs, pixel = ``h * W + w``) by ``BLOCK_N`` channels.
@@ -76,13 +76,15 @@ def _gates_conv(acc0, acc1, acc2, acc3, src, row_off, pix_m, m_ok, w, offs_n, K,
             iw = ow + SIGN * (kw - KS // 2)
             ok = h_ok & (iw >= 0) & (iw < W)
             a_rows = src + row_off + (ih * W + iw)
-            w_tap = w + (kh * KS + kw) * K * LD
+            w_tap = w + ((kh * KS + kw) * K).to(tl.int64) * LD
             for k0 in range(0, K, BLOCK_K):
                 kk = k0 + offs_k
                 k_ok = kk < K
-                a = tl.load(a_rows[:, None] + kk[None, :] * HW, mask=ok[:, None] & k_ok[None, :], other=0.0,
+                # int64: a 4C-channel image passes 2**31 elements once C*H*W > 2**29 (a weight: once 4C*C > 2**31)
+                kk64 = kk.to(tl.int64)
+                a = tl.load(a_rows[:, None] + kk64[None, :] * HW, mask=ok[:, None] & k_ok[None, :], other=0.0,
                             cache_modifier=CACHE)
-                w_k = w_tap + kk[:, None] * LD + offs_n[None, :]
+                w_k = w_tap + kk64[:, None] * LD + offs_n[None, :]
                 w_ok = k_ok[:, None] & n_ok[None, :]
                 b = tl.load(w_k, mask=w_ok, other=0.0)
                 a = a.to(b.dtype)
@@ -120,15 +122,23 @@ def _rows(pid_m, b0, NB, H, W, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _offsets(C, H, W, offs_n, pix):
+    """``(CHW, loc)``: the elements of a C-channel image and the offsets of the tile's (pixel, channel)
+    elements in it, both int64: the channel offsets of a 3C- or 4C-channel image pass 2**31 before ``C*H*W``
+    does (per-image bases are int64 too)."""
+    HW = H * W
+    return C.to(tl.int64) * HW, offs_n.to(tl.int64)[None, :] * HW + pix[:, None]
+
+
+@triton.jit
 def _fwd_tile(t, b0, NB, pid_m, pid_n, B, C, H, W,
               c0, pr, px, stride_pr, stride_px, wf, c_out, o_out, r_out,
               KS: tl.constexpr, ACT_R: tl.constexpr, ACT_T: tl.constexpr, MERGE: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
               PREC: tl.constexpr, CACHE: tl.constexpr):
-    HW = H * W
-    CHW = C * HW
     b_row, pix, m_ok = _rows(pid_m, b0, NB, H, W, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    CHW, loc = _offsets(C, H, W, offs_n, pix)
     img = (t * B + b_row).to(tl.int64)  # (t, b) image index of every row
     if t == 0:
         src = c0
@@ -140,7 +150,6 @@ def _fwd_tile(t, b0, NB, pid_m, pid_n, B, C, H, W,
     acc = _conv_tile(acc, src, row_off, pix, m_ok, wf, offs_n, C, H, W, KS, 1, BLOCK_K, PREC, CACHE)
 
     mask = m_ok[:, None] & (offs_n < C)[None, :]
-    loc = offs_n[None, :] * HW + pix[:, None]
     g = acc + tl.load(px + (img * stride_px)[:, None] + loc, mask=mask, other=0.0).to(tl.float32)
     p = tl.load(pr + (img * stride_pr)[:, None] + loc, mask=mask, other=0.0).to(tl.float32)
     if ACT_T == 0:
@@ -169,12 +178,10 @@ def _bwd_tile(t, b0, NB, pid_m, pid_n, T, B, C, H, W,
               KS: tl.constexpr, ACT_R: tl.constexpr, ACT_T: tl.constexpr, MERGE: tl.constexpr,
               FINAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
               PREC: tl.constexpr, CACHE: tl.constexpr):
-    HW = H * W
-    CHW = C * HW
     b_row, pix, m_ok = _rows(pid_m, b0, NB, H, W, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    CHW, loc = _offsets(C, H, W, offs_n, pix)
     mask = m_ok[:, None] & (offs_n < C)[None, :]
-    loc = offs_n[None, :] * HW + pix[:, None]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FINAL:
         # dc_0 = convT(dG_0, W_tc)
@@ -414,14 +421,26 @@ def use_multistep(B: int, C: int, H: int, W: int, k: int) -> bool:
 
 
 def dot_precision(x: torch.Tensor) -> str:
-    """tf32 only for float32 on CUDA when ``torch.backends.cuda.matmul.allow_tf32`` is True."""
-    if x.dtype == torch.float32 and x.is_cuda and not INTERPRET and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
+    """``tl.dot``'s input precision for the recurrent convolutions on ``x``, the one decision every Triton launch
+    takes: ``"tf32"`` exactly when ``x`` is float32 and ``torch.backends.cudnn.allow_tf32`` is True, as cuDNN
+    decides for the native backend's convolutions (the recurrent ones included), so a float32 result does not
+    depend on which backend ``auto`` picks; ``"ieee"`` otherwise. ``torch.backends.cuda.matmul.allow_tf32`` plays
+    no part: these are convolutions. No device test: the compiled kernels run on CUDA only, and the interpreter
+    computes every ``tl.dot`` in full precision whatever it is told."""
+    return "tf32" if x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
+
+
+def check_rows(B: int, H: int, W: int) -> None:
+    """Refuse a step of ``B * H * W >= 2**31`` pixels: :func:`_rows` numbers them in int32 (channel offsets
+    and per-image bases are int64), and a 64-bit row index would cost every tile a 64-bit division."""
+    if B * H * W >= 2**31:
+        raise ValueError(f"x: the Triton kernels take at most 2**31 - 1 pixels per step (B*H*W), got "
+                         f"B={B}, H={H}, W={W}: {B * H * W}; use backend='native'")
 
 
 def _launch_plan(L: Launchers, C: int, H: int, W: int, B: int):
     """(step grid, step block kwargs, seq block kwargs) for the launchers in use."""
+    check_rows(B, H, W)
     HW = H * W
     if not L.autotune:
         bm, bn = _INTERP_BLOCKS["BLOCK_M"], _INTERP_BLOCKS["BLOCK_N"]
