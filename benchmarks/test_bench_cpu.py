@@ -40,4 +40,4 @@ def test_cell_contenders_compute_the_same_layer(cell):
     x = torch.randn(shape.T, shape.B, shape.C_in, shape.H, shape.W, dtype=torch.float64)
     want = loop(x.transpose(0, 1))[0].transpose(0, 1) if cell == "cbm" else loop(x)
     got = native_twin(cell, loop, shape)(x)[0]
-    assert ((got - want).norm() / want.norm()).item() < 1e-10  # DESIGN.md section 5, float64
+    assert ((got - want).norm() / want.norm()).item() < 1e-10  # docs/design.md section 5, float64

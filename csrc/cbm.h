@@ -77,7 +77,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cbm_forward_impl(
     const at::Tensor& weight_t, const std::optional<at::Tensor>& bias_t, const at::Tensor& c0, Options opt,
     const StepKernels& kernels);
 
-// Inference: (o, c) only; r is never materialised (DESIGN.md section 7, the fast inference path). Without
+// Inference: (o, c) only; r is never materialised (docs/design.md section 7, the fast inference path). Without
 // all_states, c is the final state alone, (1, B, C, H, W), and only two states are ever allocated.
 std::tuple<at::Tensor, at::Tensor> cbm_inference_impl(
     const at::Tensor& x, const at::Tensor& weight_r, const std::optional<at::Tensor>& bias_r,

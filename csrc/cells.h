@@ -1,4 +1,4 @@
-// The ConvLSTM and ConvGRU cells on the shared recurrence driver (csrc/recurrence.h, DESIGN.md section 7):
+// The ConvLSTM and ConvGRU cells on the shared recurrence driver (csrc/recurrence.h, docs/design.md section 7):
 // their per-step epilogue tables, implemented per device (csrc/cpu/cells_cpu.cpp, csrc/cuda/cells_cuda.cpp), and
 // the device-generic op bodies (csrc/cell_recurrence.cpp).
 //

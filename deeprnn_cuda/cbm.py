@@ -1,5 +1,5 @@
 """The Context Bridge Module family: the op :func:`cbm_layer`, its reference :func:`cbm_layer_ref` (the per-step
-loop of DESIGN.md section 1, the ground truth of every backend; defined in :mod:`deeprnn_cuda.reference`) and the
+loop of docs/design.md section 1, the ground truth of every backend; defined in :mod:`deeprnn_cuda.reference`) and the
 modules ``CBMCell`` and ``CBM``.
 """
 from __future__ import annotations

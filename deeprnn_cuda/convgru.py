@@ -1,7 +1,7 @@
 """The convolutional GRU family: the op :func:`convgru_layer`, its reference :func:`convgru_layer_ref` (defined in
 :mod:`deeprnn_cuda.reference`) and the ``ConvGRU`` stack module, shaped like ``nn.GRU``.
 
-Gates z, r, n (DESIGN.md section 7): ``z|r = σ(conv(x_t, W_x[:2C]) + conv(h_{t-1}, W_h[:2C]) + b)``,
+Gates z, r, n (docs/design.md section 7): ``z|r = σ(conv(x_t, W_x[:2C]) + conv(h_{t-1}, W_h[:2C]) + b)``,
 ``n = tanh(conv(x_t, W_x[2C:]) + conv(r * h_{t-1}, W_h[2C:]) + b_n)``, ``h_t = (1 - z) * n + z * h_{t-1}``.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 
 Gate layout of ndrplz/ConvLSTM_pytorch, so its checkpoints load (:meth:`ConvLSTM.from_ndrplz_state_dict`): one
 convolution over ``cat([x_t, h_{t-1}])`` with ``4C`` output channels, split into i, f, o, g;
-``c_t = σ(f) * c_{t-1} + σ(i) * tanh(g)``, ``h_t = σ(o) * tanh(c_t)`` (DESIGN.md section 7).
+``c_t = σ(f) * c_{t-1} + σ(i) * tanh(g)``, ``h_t = σ(o) * tanh(c_t)`` (docs/design.md section 7).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    """float32 comparisons are against TF32-off numbers (DESIGN.md tolerances)."""
+    """float32 comparisons are against TF32-off numbers (docs/design.md tolerances)."""
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -1,7 +1,7 @@
 """The native CUDA kernels (csrc/cuda/) against the reference: values, gradients, dtypes, graphs, compile.
 
 Every test here is marked ``cuda`` and skipped without a GPU. References are computed in float64 on the GPU
-from the same (rounded) inputs, so the errors measure the kernels, not the input rounding (DESIGN.md
+from the same (rounded) inputs, so the errors measure the kernels, not the input rounding (docs/design.md
 section 5: float64 1e-10, float32 1e-5 with TF32 off, bf16/fp16 2e-2).
 """
 import itertools
@@ -60,7 +60,7 @@ def run(inputs, backend, td_mask=None, seed=7, **opts):
 
 
 def check_against_reference(inputs, td_mask, dtype, grad_tol=None, **opts):
-    """Outputs within the DESIGN.md tolerance of ``dtype``; gradients within ``grad_tol`` (default the same)."""
+    """Outputs within the docs/design.md tolerance of ``dtype``; gradients within ``grad_tol`` (default the same)."""
     got = run(inputs, "native", td_mask, **opts)
     ref = run(as_double(inputs), "reference", td_mask, **opts)
     for i, (name, a, b) in enumerate(zip(NAMES, got, ref)):
@@ -106,7 +106,7 @@ def test_half_matches_reference(combo, dtype, shape):
     # the entries near 0 against the float64 reference, so the gradients (not the outputs) get a looser bound.
     # The verified CPU kernels show the same at these two shapes over every option and TD kind (measured
     # 2026-12, tests' seeds): bf16 gradient errors up to 7.0e-2 with relu, <= 8.8e-3 with sigmoid. This is the
-    # one deliberate exception to DESIGN.md section 5; outputs and every sigmoid case keep 2e-2.
+    # one deliberate exception to docs/design.md section 5; outputs and every sigmoid case keep 2e-2.
     grad_tol = None if opts["act_t"] == "sigmoid" else (1e-1 if dtype == torch.bfloat16 else 5e-2)
     check_against_reference(inputs, make_td(td, shape["T"], shape["B"]), dtype, grad_tol=grad_tol, **opts)
 

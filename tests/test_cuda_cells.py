@@ -1,5 +1,5 @@
 """The ConvLSTM / ConvGRU CUDA epilogues (csrc/cuda/cells_kernels.cu) and CBM's inference op on the GPU, against
-the references computed in float64 on the GPU from the same (rounded) inputs (DESIGN.md section 5).
+the references computed in float64 on the GPU from the same (rounded) inputs (docs/design.md section 5).
 
 Every test here is marked ``cuda`` and skipped without a GPU. NEVER RUN ON A GPU so far: written and collected on
 a machine without one; the kernels they check were only compiled with nvcc.

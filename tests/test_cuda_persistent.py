@@ -166,7 +166,7 @@ def test_deep_stack_training_step(persistent):
         assert_close_rel(a, b, torch.float64, f"grad {i}")
 
 
-# Half precision meets Temporal Dropout (COMBOS[::3] above picks td=None only); sigmoid gates, so the DESIGN.md
+# Half precision meets Temporal Dropout (COMBOS[::3] above picks td=None only); sigmoid gates, so the docs/design.md
 # tolerance holds for the gradients too.
 HALF_TD = [("relu", "sigmoid", "mul"), ("tanh", "sigmoid", "add")]
 

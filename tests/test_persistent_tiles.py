@@ -5,8 +5,8 @@ halo and zero padding, shared-memory layouts, thread-to-output maps, epilogues);
 ``csrc/cuda/cbm_persistent_*.cu`` only add the grid-wide barrier and the WMMA instructions.
 ``tests/csrc/persistent_emulation.cpp`` runs that same code block by block with every thread index of a phase
 in turn, and a plain 16 x 16 product in place of the tensor cores that enforces the WMMA pointer and
-leading-dimension rules. Compared here with a float64 PyTorch recurrence (DESIGN.md section 1) at the DESIGN.md
-tolerances. What this cannot check (parallel timing, the real tensor-core instructions) is in tests/test_cuda.py.
+leading-dimension rules. Compared here with a float64 PyTorch recurrence (docs/design.md section 1) at the
+tolerances of its section 5. What this cannot check (parallel timing, the real tensor-core instructions) is in tests/test_cuda.py.
 """
 from __future__ import annotations
 

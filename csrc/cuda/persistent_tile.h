@@ -6,7 +6,7 @@
 // tensor-core instructions themselves, which the host replaces by a plain 16x16 matrix product on the same
 // shared-memory pointers, leading dimensions and alignment rules.
 //
-// The problem (DESIGN.md section 1): per step, an implicit GEMM of M = B * H * W rows (image, pixel) by N = C
+// The problem (docs/design.md section 1): per step, an implicit GEMM of M = B * H * W rows (image, pixel) by N = C
 // output channels over K = KS * KS * C (tap, input channel), then a fused epilogue. Forward reads c_{t-1} and
 // writes c_t, o_t, r_t; backward reads dG_{t+1}, convolves it transposed (sign -1: a correlation with the
 // flipped kernel, the packed weights swap the channel axes) and writes dG_t, dP_r[t]; a last pass writes

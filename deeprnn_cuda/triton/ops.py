@@ -3,7 +3,7 @@
 Mirrors :mod:`deeprnn_cuda._native`: the forward op returns ``(o, c, r)`` (``r = act_r(P_r)`` is saved
 for backward only), the backward is its own op, and ``register_fake`` + ``register_autograd`` make both
 compose with autograd and ``torch.compile``. ``torch.library.custom_op`` rather than ``triton_op``:
-the latter fails opcheck's fake-tensor test under the Triton interpreter (DESIGN.md section 6).
+the latter fails opcheck's fake-tensor test under the Triton interpreter (docs/design.md section 6).
 
 What runs where:
 
