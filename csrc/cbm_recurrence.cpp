@@ -1,4 +1,4 @@
-// The device-generic CBM recurrence (DESIGN.md section 1, "Why it can be fast"): both input convolutions as
+// The device-generic CBM recurrence (docs/design.md section 1, "Why it can be fast"): both input convolutions as
 // one ATen convolution with 2C output channels over many steps' images at once (all T*B on CUDA, chunks on
 // the CPU: StepKernels::conv_chunk_elements), and the time loop in C++ with one C -> C convolution and one
 // fused epilogue per step. Backward mirrors it; weight and input gradients are batched per chunk of steps.

@@ -1,4 +1,4 @@
-// The device-generic recurrence driver shared by every cell (DESIGN.md section 7): the input projections of
+// The device-generic recurrence driver shared by every cell (docs/design.md section 7): the input projections of
 // many steps in one batched convolution, the sequential part handed to the cell a chunk of steps at a time,
 // and in backward the input and weight gradients of each chunk in a few batched convolutions. A cell is its
 // per-step hook (recurrent convolutions plus its fused epilogues, csrc/cpu/ and csrc/cuda/) and its reference;

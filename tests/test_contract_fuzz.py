@@ -5,7 +5,7 @@ Random sizes (0 and 1 included, kernels larger than the image), every act/merge/
 initial states and biases given or not, every dtype a backend takes, contiguous, non-contiguous, channels_last
 and expanded (stride 0) tensors, and now and then one mistake (a wrong rank, channel count, kernel, dtype or
 device); besides, every kind of mistake in every argument it applies to. Each call must either match the
-float64 reference (values and gradients, DESIGN.md section 5 tolerances) or raise a ``ValueError`` that names
+float64 reference (values and gradients, docs/design.md section 5 tolerances) or raise a ``ValueError`` that names
 the argument; an empty sequence, batch or image gives empty outputs and zero gradients; the process never dies.
 The compiled ops are also called directly (``torch.ops.deeprnn*``: forward, backward and, for ConvLSTM/ConvGRU,
 inference ops; bad arguments must be a ValueError, not a crash) and through ``torch.compile``.
@@ -661,7 +661,7 @@ NOISE = 0.25
 
 def _assert_all_close(results: Dict[str, Tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype,
                       reference: Callable[..., Dict[str, torch.Tensor]]) -> None:
-    """DESIGN.md section 5 tolerances for every ``what: (got, float64 reference)``.
+    """docs/design.md section 5 tolerances for every ``what: (got, float64 reference)``.
 
     Those tolerances hold for well-conditioned results. A small result summing larger terms of both signs (a bias
     gradient over a few pixels: 0.031 out of terms 0.349 and -0.302, which bf16 holds to +-0.001) misses them

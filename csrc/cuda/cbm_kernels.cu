@@ -1,4 +1,4 @@
-// CUDA kernels of the CBM ops: the fused per-step epilogues of DESIGN.md section 1.
+// CUDA kernels of the CBM ops: the fused per-step epilogues of docs/design.md section 1.
 //
 // forward:  G = P_x + rec;  c = act_t(G);  r = act_r(P_r);  o = merge(r, c)            (one pass, one launch)
 // backward: dc = dO * dmerge/dc + dC + rec;  dG = dc * act_t'(c);  dP_r = dO * dmerge/dr * act_r'(r)
