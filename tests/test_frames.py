@@ -106,6 +106,12 @@ def test_one_folder_is_split_by_name(tmp_path):
     assert [s.path.name for s in test] == ["5.npy"]
 
 
+def _broken_folder(path: Path) -> None:
+    """A frame folder whose fourth frame is not an image."""
+    _write_folder(path, _frames(0, 9))
+    (path / "3.png").write_bytes(b"not an image")
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: np.save(d / "train" / "short.npy", _frames(0, 4)[..., 0]), r"short\.npy has 4 frames, fewer than"),
     (lambda d: np.save(d / "train" / "rgb.npy", _frames(0, 9, 3)), r"rgb\.npy has 3 channel\(s\)"),
@@ -113,6 +119,8 @@ def test_one_folder_is_split_by_name(tmp_path):
     (lambda d: (d / "train" / "bad.npy").write_bytes(b"not an array"), r"cannot read array file .*bad\.npy"),
     (lambda d: np.save(d / "train" / "hot.npy", np.full((9, H, W), 2.0)), r"hot\.npy holds float values outside"),
     (lambda d: (d / "train" / "empty").mkdir(), r"frame folder .*empty holds no image frames"),
+    (lambda d: _broken_folder(d / "train" / "broken"), r"cannot read frame .*broken/3\.png"),
+    (lambda d: (d / "test" / "broken.mp4").write_bytes(b"not a video"), r"cannot read video file .*broken\.mp4"),
 ])
 def test_bad_data_is_one_error_naming_the_file_and_nothing_is_written(tmp_path, make, message):
     root = tmp_path / "data"
@@ -303,3 +311,23 @@ def test_deeprnn_export_onnx_of_a_trained_run_matches_onnxruntime(trained_run, t
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"observed": x.numpy()})
     torch.testing.assert_close(torch.from_numpy(got), model(x, config["predict"]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_moving_mnist_run_predicts_from_an_array(tmp_path):
+    """``deeprnn train --task moving-fmnist`` runs save the same model.pt (config without frame sizes: 64x64 gray)."""
+    from dataclasses import asdict
+
+    from deeprnn_cuda.models.patch_predictor import PatchRecurrentPredictor
+    from deeprnn_cuda.training.moving_mnist_task import MovingMNISTConfig
+
+    cfg = MovingMNISTConfig(layers=2, hidden=4, observe=3, predict=2)
+    torch.manual_seed(0)
+    model = PatchRecurrentPredictor(1, cfg.hidden, cfg.layers, cfg.cell, cfg.patch, cfg.kernel_size, cfg.shortcut_every)
+    (tmp_path / "run").mkdir()
+    torch.save({"model": model.state_dict(), "config": asdict(cfg)}, tmp_path / "run" / "model.pt")
+    video = np.random.default_rng(0).random((6, 64, 64), dtype=np.float32)
+    np.save(tmp_path / "clip.npy", video)
+    predict_frames(tmp_path / "run", tmp_path / "clip.npy", tmp_path / "out", start=1)
+    with torch.no_grad():
+        expected = model.eval()(torch.from_numpy(video[1:4]).view(1, 3, 1, 64, 64), 2)[0]
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "predicted.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)
