@@ -6,11 +6,10 @@ windows of ``observe + predict`` frames ``stride`` apart and resized to ``image_
 else is the Moving-MNIST run's (:mod:`.moving_mnist_task`): the :class:`PatchRecurrentPredictor`, the loss
 (cross entropy plus ``ssim_weight * (1 - SSIM)``), teacher forcing for the first ``teacher_forcing`` fraction
 of the run, the wall-clock budget, OpenSTL's metrics per horizon next to the copy-last and all-black
-baselines, the pictures and the summary. Unlike the Moving-MNIST run, training windows are read by a
-``DataLoader`` (``workers`` processes decode while the model trains) and a run resumes from its checkpoint.
-
-Batches are drawn per step from a generator seeded by ``(seed, step)``, so a resumed run trains on the
-batches an uninterrupted one would have, and its weights are the same.
+baselines, the pictures, the curves, the checkpoint that ``resume`` continues and the summary. Unlike there,
+training windows are read by a ``DataLoader`` (``workers`` processes decode while the model trains), so the
+batches are drawn per step from a generator seeded by ``(seed, step)``: a resumed run trains on the batches
+an uninterrupted one would have, whatever the workers, and ends with its weights.
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -105,16 +104,14 @@ class _StepBatches(torch.utils.data.Sampler):
             step += 1
 
 
-def _data(cfg: FramesConfig):
+def _data(cfg: FramesConfig) -> Tuple[FramesConfig, FrameWindows, FrameWindows]:
     """The checked config (data shape filled in) and the train and test windows; a :class:`FramesDataError`
     names what is wrong before anything is written."""
     window = cfg.observe + cfg.predict
     try:
         train_seqs, test_seqs = split_sequences(Path(cfg.data_dir))
         C, H, W = check_consistent(train_seqs + test_seqs, cfg.image_size, window)
-    except ImportError as e:  # a video file without PyAV
-        raise FramesDataError(str(e)) from None
-    except ValueError as e:
+    except (ImportError, ValueError) as e:  # ImportError: a video file without PyAV
         raise FramesDataError(str(e)) from None
     if H % cfg.patch or W % cfg.patch:
         raise FramesDataError(f"frames of {train_seqs[0].name} are {H}x{W}, not divisible by the patch size "
@@ -139,6 +136,7 @@ def evaluated_windows(test: FrameWindows, limit: int) -> List[int]:
 
 
 def _load(data: torch.utils.data.Dataset, workers: int) -> torch.Tensor:
+    """Every item of ``data`` in one tensor, read by ``workers`` processes."""
     loader = torch.utils.data.DataLoader(data, batch_size=16, num_workers=workers)
     return torch.cat(list(loader))
 
