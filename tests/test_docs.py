@@ -227,3 +227,9 @@ def test_page_links_stay_inside_the_repository_and_exist():
             assert resolved.exists(), f"{page.name}: {target} does not exist"
             if anchor and resolved.suffix == ".md":
                 assert anchor in anchors(resolved), f"{page.name}: {target}#{anchor} names no heading"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    readme = [c for b, c in COMMANDS if b.page.name == "README.md"]
+    assert any(c.split("#")[0].strip() == ci for c in readme), ci
