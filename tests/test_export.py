@@ -110,3 +110,34 @@ def test_onnx_export_of_compiled_modules_is_standard_and_matches_onnxruntime(tmp
         assert len(got) == len(tree_leaves(expected))
         for g, e in zip(got, tree_leaves(expected)):
             torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@needs_native
+def test_decompositions_give_every_output_of_the_native_ops():
+    """Each decomposition returns what its op returns, the outputs kept for backward included (CBM's r, the
+    cells' gates), with every activation and merge of CBM."""
+    from deeprnn_cuda import _decompositions
+    from deeprnn_cuda._checks import ACT_R_CODES, ACT_T_CODES, MERGE_CODES
+
+    g = torch.Generator().manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    T, B, C_in, C, H, W = 3, 2, 3, 4, 5, 6
+    x, h0, c0 = rnd(T, B, C_in, H, W), rnd(B, C, H, W), rnd(B, C, H, W)
+    ops = torch.ops.deeprnn
+    cases = [("convlstm_forward", (x, rnd(4 * C, C_in + C, 3, 3), rnd(4 * C), h0, c0)),
+             ("convgru_forward", (x, rnd(3 * C, C_in, 3, 3), rnd(3 * C), rnd(3 * C, C, 3, 3), rnd(3 * C), h0))]
+    cases += [("convlstm_inference", cases[0][1] + (all_states,)) for all_states in (True, False)]
+    cases += [("convgru_inference", cases[1][1])]
+    for act_r in ACT_R_CODES.values():
+        for act_t in ACT_T_CODES.values():
+            for merge in MERGE_CODES.values():
+                args = (x, rnd(C, C_in, 3, 3), rnd(C), rnd(C, C_in + C, 3, 3), rnd(C), c0)
+                cases.append(("cbm_forward", args + (None, act_r, act_t, merge)))
+                cases.append(("cbm_inference", args + (act_r, act_t, merge, False)))
+    for name, args in cases:
+        got = _decompositions.NATIVE[name](*args)
+        expected = getattr(ops, name)(*args)
+        torch.testing.assert_close(got, expected, msg=f"{name} {args[-3:] if 'cbm' in name else ''}")

@@ -331,3 +331,23 @@ def test_a_moving_mnist_run_predicts_from_an_array(tmp_path):
     with torch.no_grad():
         expected = model.eval()(torch.from_numpy(video[1:4]).view(1, 3, 1, 64, 64), 2)[0]
     np.testing.assert_allclose(np.load(tmp_path / "out" / "predicted.npy"), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_deeprnn_predict_and_export_errors_exit_2_naming_the_option(trained_run, tmp_path, capsys):
+    from deeprnn_cuda.cli import main
+
+    root, run, _ = trained_run
+    cases = [
+        (["predict", "--run", str(tmp_path), "--input", str(root / "test" / "e"), "--out", str(tmp_path / "p")],
+         "--run: run folder"),
+        (["predict", "--run", str(run), "--input", str(root / "test" / "e"), "--start", "9", "--out", str(tmp_path / "p")],
+         r"--start: start must be an int in \[0, 4\]"),
+        (["predict", "--run", str(run), "--input", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "p")],
+         "--input: input .*missing.npy does not exist"),
+        (["export", "--run", str(tmp_path), "--format", "pt2", "--out", str(tmp_path / "m.pt2")], "--run: run folder"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "m.pt2").exists()
