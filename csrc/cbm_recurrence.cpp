@@ -91,17 +91,20 @@ namespace {
 // The forward of both ops; without save_r, r is written over P_r in the chunk buffer instead of a (T, B, C, H, W)
 // tensor (the persistent kernels, which want one, still get it) and the returned r is undefined. Without
 // all_states (inference only) the returned c is the final state alone, (1, B, C, H, W).
-std::tuple<Tensor, Tensor, Tensor> cbm_forward_any(const Tensor& x, const Tensor& weight_r,
-                                                   const std::optional<Tensor>& bias_r, const Tensor& weight_t,
+std::tuple<Tensor, Tensor, Tensor> cbm_forward_any(const Tensor& x, const Tensor& weight_r_in,
+                                                   const std::optional<Tensor>& bias_r, const Tensor& weight_t_in,
                                                    const std::optional<Tensor>& bias_t, const Tensor& c0,
                                                    Options opt, const StepKernels& kernels, bool save_r,
                                                    bool all_states) {
-  check_forward_args(x, weight_r, bias_r, weight_t, bias_t, c0, opt);
+  check_forward_args(x, weight_r_in, bias_r, weight_t_in, bias_t, c0, opt);
+  const Tensor weight_r = contiguous_weight(weight_r_in), weight_t = contiguous_weight(weight_t_in);
   const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t C = weight_r.size(0);
   auto o = at::empty({T, B, C, H, W}, x.options());
   const int64_t steps = chunk_steps(kernels.conv_chunk_elements, T, B, (C_in + 2 * C) * H * W);
-  const bool sequence = kernels.forward_sequence != nullptr && steps >= T;
+  // The whole-sequence hook writes every state and r: only where they are kept anyway (a forward for backward, or an
+  // inference that returns all states), so an inference without all_states keeps two states on every device.
+  const bool sequence = kernels.forward_sequence != nullptr && steps >= T && (save_r || all_states);
   // Backward reads every state; the persistent kernels write every state.
   const StepStates c(T, B, C, H, W, x.options(), save_r || sequence || all_states);
   Tensor r = save_r || sequence ? at::empty_like(o) : Tensor();
@@ -153,15 +156,16 @@ std::tuple<Tensor, Tensor> cbm_inference_impl(const Tensor& x, const Tensor& wei
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cbm_backward_impl(
-    const Tensor& grad_o_in, const Tensor& grad_c_in, const Tensor& x, const Tensor& weight_r,
-    const Tensor& weight_t, const Tensor& c0_in, const Tensor& r, const Tensor& c,
+    const Tensor& grad_o_in, const Tensor& grad_c_in, const Tensor& x, const Tensor& weight_r_in,
+    const Tensor& weight_t_in, const Tensor& c0_in, const Tensor& r, const Tensor& c,
     const std::optional<Tensor>& td_mask, Options opt, const StepKernels& kernels) {
-  check_backward_args(grad_o_in, grad_c_in, x, weight_r, weight_t, c0_in, r, c, td_mask, opt);
+  check_backward_args(grad_o_in, grad_c_in, x, weight_r_in, weight_t_in, c0_in, r, c, td_mask, opt);
+  const Tensor weight_r = contiguous_weight(weight_r_in), weight_t = contiguous_weight(weight_t_in);
   const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2);
   const int64_t C = weight_r.size(0);
   if (c.numel() == 0) {  // empty sequence, batch or image: zero gradients, and no division by B below
-    return {at::zeros_like(x), at::zeros_like(weight_r), at::zeros({C}, x.options()), at::zeros_like(weight_t),
-            at::zeros({C}, x.options()), at::zeros_like(c0_in)};
+    return {contiguous_zeros(x), contiguous_zeros(weight_r), at::zeros({C}, x.options()), contiguous_zeros(weight_t),
+            at::zeros({C}, x.options()), contiguous_zeros(c0_in)};
   }
   // The gradients may be strided (expanded from a sum, or a broadcast zero): the step kernels read strides.
   const Tensor& grad_o = grad_o_in;

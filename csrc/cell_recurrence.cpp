@@ -88,11 +88,12 @@ void check_convgru_args(const Tensor& x, const Tensor& weight_x, const std::opti
   check_state(h0, x, C, "h0");
 }
 
-std::tuple<Tensor, Tensor, Tensor> convlstm_forward_impl(const Tensor& x, const Tensor& weight,
+std::tuple<Tensor, Tensor, Tensor> convlstm_forward_impl(const Tensor& x, const Tensor& weight_in,
                                                          const std::optional<Tensor>& bias, const Tensor& h0,
                                                          const Tensor& c0, bool save_gates, bool all_states,
                                                          const LstmStepKernels& kernels) {
-  check_convlstm_args(x, weight, bias, h0, c0);
+  check_convlstm_args(x, weight_in, bias, h0, c0);
+  const Tensor weight = contiguous_weight(weight_in);
   const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t C = weight.size(0) / 4;
   Tensor h = at::empty({T, B, C, H, W}, x.options());
@@ -124,9 +125,10 @@ std::tuple<Tensor, Tensor, Tensor> convlstm_forward_impl(const Tensor& x, const 
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> convlstm_backward_impl(
-    const Tensor& grad_h, const Tensor& grad_c, const Tensor& x, const Tensor& weight, const Tensor& h0,
+    const Tensor& grad_h, const Tensor& grad_c, const Tensor& x, const Tensor& weight_in, const Tensor& h0,
     const Tensor& c0, const Tensor& h, const Tensor& c, const Tensor& gates, const LstmStepKernels& kernels) {
-  check_convlstm_args(x, weight, std::nullopt, h0, c0);
+  check_convlstm_args(x, weight_in, std::nullopt, h0, c0);
+  const Tensor weight = contiguous_weight(weight_in);
   const int64_t T = x.size(0), B = x.size(1), C_in = x.size(2), H = x.size(3), W = x.size(4);
   const int64_t C = weight.size(0) / 4;
   const std::array<int64_t, 5> shape{T, B, C, H, W}, gate_shape{T, B, 4 * C, H, W};
@@ -140,8 +142,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> convlstm_backward_impl(
     check_like_x(x, *t, name);
   }
   if (h.numel() == 0) {  // empty sequence, batch or image: zero gradients
-    return {at::zeros_like(x), at::zeros_like(weight), at::zeros({4 * C}, x.options()), at::zeros_like(h0),
-            at::zeros_like(c0)};
+    return {contiguous_zeros(x), contiguous_zeros(weight), at::zeros({4 * C}, x.options()), contiguous_zeros(h0),
+            contiguous_zeros(c0)};
   }
   const Tensor h0_c = h0.contiguous(), c0_c = c0.contiguous();
   // Carried from step t+1 to t: dh_next = convT(dA_{t+1}, W_h) and dc (updated in place to dc_prev).
@@ -176,11 +178,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> convlstm_backward_impl(
   return {grad_x, at::cat({grad_w_x, grad_w_h}, 1), grad_bias, dh_next, dc};
 }
 
-std::tuple<Tensor, Tensor> convgru_forward_impl(const Tensor& x, const Tensor& weight_x,
-                                                const std::optional<Tensor>& bias_x, const Tensor& weight_h,
+std::tuple<Tensor, Tensor> convgru_forward_impl(const Tensor& x, const Tensor& weight_x_in,
+                                                const std::optional<Tensor>& bias_x, const Tensor& weight_h_in,
                                                 const std::optional<Tensor>& bias_h, const Tensor& h0, bool save_gates,
                                                 const GruStepKernels& kernels) {
-  check_convgru_args(x, weight_x, bias_x, weight_h, bias_h, h0);
+  check_convgru_args(x, weight_x_in, bias_x, weight_h_in, bias_h, h0);
+  const Tensor weight_x = contiguous_weight(weight_x_in), weight_h = contiguous_weight(weight_h_in);
   const int64_t T = x.size(0), B = x.size(1), H = x.size(3), W = x.size(4);
   const int64_t C = weight_h.size(1);
   Tensor h = at::empty({T, B, C, H, W}, x.options());
@@ -217,9 +220,10 @@ std::tuple<Tensor, Tensor> convgru_forward_impl(const Tensor& x, const Tensor& w
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> convgru_backward_impl(
-    const Tensor& grad_h, const Tensor& x, const Tensor& weight_x, const Tensor& weight_h, const Tensor& h0,
+    const Tensor& grad_h, const Tensor& x, const Tensor& weight_x_in, const Tensor& weight_h_in, const Tensor& h0,
     const Tensor& h, const Tensor& gates, const GruStepKernels& kernels) {
-  check_convgru_args(x, weight_x, std::nullopt, weight_h, std::nullopt, h0);
+  check_convgru_args(x, weight_x_in, std::nullopt, weight_h_in, std::nullopt, h0);
+  const Tensor weight_x = contiguous_weight(weight_x_in), weight_h = contiguous_weight(weight_h_in);
   const int64_t T = x.size(0), B = x.size(1), H = x.size(3), W = x.size(4);
   const int64_t C = weight_h.size(1);
   const std::array<int64_t, 5> shape{T, B, C, H, W}, gate_shape{T, B, 3 * C, H, W};
@@ -231,8 +235,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> convgru_backward_impl
     check_like_x(x, *t, name);
   }
   if (h.numel() == 0) {  // empty sequence, batch or image: zero gradients
-    return {at::zeros_like(x), at::zeros_like(weight_x), at::zeros({3 * C}, x.options()), at::zeros_like(weight_h),
-            at::zeros({3 * C}, x.options()), at::zeros_like(h0)};
+    return {contiguous_zeros(x), contiguous_zeros(weight_x), at::zeros({3 * C}, x.options()), contiguous_zeros(weight_h),
+            at::zeros({3 * C}, x.options()), contiguous_zeros(h0)};
   }
   const Tensor h0_c = h0.contiguous();
   // Carried from step t+1 to t: dh_acc (the direct and r-path parts of dh_t) and rec = convT(dA_zr, W_hzr).

@@ -26,6 +26,12 @@ at::Tensor same_conv(const at::Tensor& input, const at::Tensor& weight, const at
 // Gradients of a stride-1 "same" convolution (with bias) for the outputs selected by mask.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv_backward(const at::Tensor& grad, const at::Tensor& input,
                                                              const at::Tensor& weight, std::array<bool, 3> mask);
+// The layout rule for weights: every op body works on contiguous weights, so the convolution libraries (oneDNN, cuDNN),
+// which return channels-last gradients for channels-last weights, return contiguous gradients, as the fake kernels
+// say (a model moved to channels_last, a weight seen through a permutation).
+inline at::Tensor contiguous_weight(const at::Tensor& w) { return w.contiguous(); }
+// Zeros of t's shape, contiguous whatever t's layout (zeros_like keeps it): the gradients of empty problems.
+inline at::Tensor contiguous_zeros(const at::Tensor& t) { return at::zeros(t.sizes(), t.options()); }
 // dtype and device of `t` (named `name`) must be x's: the kernels index every tensor with x's sizes and read it as
 // x's type (a ValueError otherwise).
 void check_like_x(const at::Tensor& x, const at::Tensor& t, const char* name);

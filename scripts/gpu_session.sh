@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # One short GPU lease (device tool: 15 minutes in all, the machine's start included), in the repository root:
 #
-#   bash scripts/gpu_session.sh            part 1, ends within 6 minutes: build, the native CUDA tests (step and
-#                                          persistent kernels, the cell epilogues), compute-sanitizer on this
-#                                          project's kernels, the native-paths table, the backends table without
-#                                          Triton, then the quick Triton tests if time is left
+#   bash scripts/gpu_session.sh            part 1, ends within 6 minutes: build, the op contract on CUDA (fake
+#                                          kernels' strides for every layout, final states, opcheck), the native
+#                                          CUDA tests (step and persistent kernels, the cell epilogues),
+#                                          compute-sanitizer on this project's kernels, the native-paths table,
+#                                          the backends table without Triton, then the quick Triton tests if time
+#                                          is left
 #   bash scripts/gpu_session.sh --part 2   what part 1 leaves out: Triton tests and tables, the slow GPU tests,
 #                                          every canonical shape of both tables, the 15-layer training step
 #   bash scripts/gpu_session.sh --only STAGE[,STAGE...]    those stages alone (a rerun after a fix)
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     --part) PART="${2:-}"; shift 2 ;;
     --only) ONLY="${2:-}"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "gpu_session.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -182,6 +184,10 @@ stage build all 100 240 60 "$OUT/build.log" build "$PY" setup.py build_ext --inp
 stage info all 10 30 20 "$OUT/build.log" module "$PY" -m deeprnn_cuda info
 
 # ---- part 1: the never-run native kernels first ---------------------------------------------------------------
+# The op contract on CUDA before anything else: every op's outputs against its fake kernel for every input layout
+# (channels_last weights included; the inference's final state alone without all_states), opcheck of every op.
+stage cuda-contract 1 30 60 30 "$OUT/tests.log" pytest "${PYTEST[@]}" -m cuda tests/test_op_layouts.py \
+  tests/test_cuda_cells.py::test_inference_final_state_only
 stage cuda-tests 1 60 90 40 "$OUT/tests.log" pytest "${PYTEST[@]}" -m "cuda and not slow" "${CUDA_TESTS[@]}"
 for tool in memcheck racecheck synccheck; do
   stage "sanitizer-$tool-persistent" 1 25 45 25 "$OUT/sanitizer.log" sanitizer \

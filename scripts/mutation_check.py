@@ -53,6 +53,7 @@ CHUNKS = ("tests/test_native_chunks.py",)
 CELL_CHUNKS = ("tests/test_cell_chunks.py",)
 FINAL_STATE = ("tests/test_final_state.py",)
 NATIVE = ("tests/test_functional.py", "-k", "not triton and not compile and not opcheck")
+CUDA_EMULATION = ("tests/test_cuda_emulation.py",)
 
 MUTANTS: List[Mutant] = [
     # --- training/overlap.py -------------------------------------------------------------------------------------
@@ -129,6 +130,20 @@ MUTANTS: List[Mutant] = [
            "buffer_.narrow(0, T_ % 2, 1)", FINAL_STATE, "off-by-one: the last state but one is returned"),
     Mutant("final-state-all-kept", "csrc/recurrence.cpp", "at::empty({all ? T : std::min<int64_t>(T, 2), B, C, H, W}",
            "at::empty({T, B, C, H, W}", FINAL_STATE, "every state is allocated again although only two are used"),
+    # --- C++: the CUDA kernels' bodies and the CUDA tables, on the host executor -----------------------------------
+    Mutant("cuda-body-merge-swapped", "csrc/cuda/epilogue_bodies.h", "dpr.v[k] = Tr::store((MERGE == kMergeMul ? g * cv",
+           "dpr.v[k] = Tr::store((MERGE == kMergeMul ? g * rv", CUDA_EMULATION,
+           "swapped arguments in the CUDA backward body: dmerge/dr uses r, not c"),
+    Mutant("cuda-body-pack-offset", "csrc/cuda/epilogue_bodies.h", "store_pack<S, VEC>(a.o, b * a.s_o + j, o);",
+           "store_pack<S, VEC>(a.o, b * a.s_c + j, o);", CUDA_EMULATION,
+           "wrong stride: o is written with c's batch stride (only differs for strided outputs)"),
+    Mutant("cuda-vector-unaligned", "csrc/cuda/epilogue_bodies.h", "a.s_c % V == 0 && a.s_o % V == 0 && aligned16(a.p_r)",
+           "a.s_c % V == 0 && a.s_o % V == 0 && (true || aligned16(a.p_r))", CUDA_EMULATION,
+           "the vector path taken for a misaligned projection"),
+    Mutant("cuda-lstm-forget-gate", "csrc/cuda/epilogue_bodies.h", "const A c = f * load(14) + i * g;",
+           "const A c = i * load(14) + i * g;", CUDA_EMULATION, "wrong gate: the CUDA LSTM body forgets with i"),
+    Mutant("cuda-sequence-without-states", "csrc/cbm_recurrence.cpp", "steps >= T && (save_r || all_states);",
+           "steps >= T;", FINAL_STATE, "the CUDA inference keeps every state although only the last is returned"),
 ]
 
 

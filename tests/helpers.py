@@ -57,6 +57,18 @@ def cpu_conv_chunk_elements(elements: Optional[int]) -> Iterator[None]:
         torch.ops.deeprnn._set_cpu_conv_chunk_elements(previous)
 
 
+@contextlib.contextmanager
+def cuda_emulation() -> Iterator[None]:
+    """Run the native CPU ops with the CUDA step tables (their configuration: one projection chunk, the whole-sequence
+    hooks; their host decisions) and the CUDA kernels' bodies on a host executor (csrc/cpu/cuda_emulation.h); the
+    previous setting is restored on exit."""
+    previous = torch.ops.deeprnn._set_cpu_emulates_cuda(True)
+    try:
+        yield
+    finally:
+        torch.ops.deeprnn._set_cpu_emulates_cuda(previous)
+
+
 def count_ops(fn, name: str) -> int:
     """How many times the aten op ``name`` ran inside ``fn()`` (from the profiler's trace)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

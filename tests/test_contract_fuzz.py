@@ -23,6 +23,7 @@ fake kernels and the Triton ops validated nothing (a direct call read out of bou
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import random
@@ -43,7 +44,7 @@ from deeprnn_cuda import _native, cbm_layer, convgru_layer, convgru_layer_ref, c
 from deeprnn_cuda import triton as triton_backend
 from deeprnn_cuda._checks import ACT_R_CODES, ACT_T_CODES, MERGE_CODES
 from deeprnn_cuda.reference import cbm_layer_ref
-from helpers import TOLERANCES, assert_close_rel, cpu_conv_chunk_elements, rel_err
+from helpers import TOLERANCES, assert_close_rel, cpu_conv_chunk_elements, cuda_emulation, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
 SCALE = float(os.environ.get("DEEPRNN_FUZZ_SCALE", "1"))
@@ -61,10 +62,10 @@ def fuzz_settings(examples: int) -> settings:
 def _report(capsys, test: str, backend: "Backend", spec: "OpSpec", unit: str = "examples") -> None:
     """Print, past pytest's capture, how many examples (or calls) this test ran for ``spec`` on ``backend`` and
     how they ended (and forget them: the next cell's test records under the same key)."""
-    outcomes = RAN.pop((test, f"{backend.name}-{backend.device}"), collections.Counter())
+    outcomes = RAN.pop((test, backend.label), collections.Counter())
     detail = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items()))
     with capsys.disabled():
-        print(f"\ncontract fuzz {test}[{spec.name}-{backend.name}-{backend.device}]: {sum(outcomes.values())} "
+        print(f"\ncontract fuzz {test}[{spec.name}-{backend.label}]: {sum(outcomes.values())} "
               f"{unit} ({detail})")
 
 
@@ -501,6 +502,15 @@ class Backend:
     why_not: str  # empty when it runs here
     cell_dtypes: Optional[Tuple[torch.dtype, ...]] = None  # ConvLSTM/ConvGRU, where they differ from CBM's
     cell_examples: Optional[Tuple[int, int]] = None  # ConvLSTM/ConvGRU (examples, direct_examples) if not CBM's
+    emulates_cuda: bool = False  # native CPU ops running the CUDA tables and kernel bodies (helpers.cuda_emulation)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.device}" + ("-cuda-emulated" if self.emulates_cuda else "")
+
+    def config(self):
+        """The context the calls run in: the CUDA path on the host where this backend emulates it."""
+        return cuda_emulation() if self.emulates_cuda else contextlib.nullcontext()
 
     def for_spec(self, spec: OpSpec) -> "Backend":
         """This backend as ``spec``'s tests see it: the cells' dtypes and example counts."""
@@ -523,6 +533,9 @@ def _backends() -> List[Backend]:
         Backend("reference", "cpu", (torch.float64, torch.float32, torch.bfloat16, torch.float16), 40, 0, "",
                 cell_examples=(100, 0)),
         Backend("native", "cpu", _native.CPU_DTYPES, 150, 150, native_cpu),
+        # The driver's CUDA configuration and the CUDA kernels' bodies on CPU tensors (float16 storage:
+        # tests/test_cuda_emulation.py, since the public API keeps CPU tensors to the CPU dtypes).
+        Backend("native", "cpu", _native.CPU_DTYPES, 60, 60, native_cpu, emulates_cuda=True),
         Backend("triton", "cpu", triton_backend.INTERPRETER_DTYPES, 12, 6, triton_cpu,  # the interpreter is slow
                 cell_dtypes=triton_backend.CELL_INTERPRETER_DTYPES),
         Backend("native", "cuda", _native.CUDA_DTYPES, 150, 150, native_cuda),
@@ -537,7 +550,7 @@ def _param(b: Backend):
     marks = [pytest.mark.cuda] if b.device == "cuda" else []
     if b.why_not:
         marks.append(pytest.mark.skip(reason=b.why_not))
-    return pytest.param(b, id=f"{b.name}-{b.device}", marks=marks)
+    return pytest.param(b, id=b.label, marks=marks)
 
 
 BACKEND_PARAMS = [_param(b) for b in BACKENDS]
@@ -595,7 +608,7 @@ DRIVER_CHUNKS = (None, 0, 1, 3000)
 def _driver_chunk(data, call: Call, backend: Backend):
     """For the native CPU backend, now one, now another of the driver's chunk sizes, so every branch of the
     recurrence driver meets the fuzz's shapes, dtypes and mistakes."""
-    native_cpu = (backend.name, backend.device) == ("native", "cpu")
+    native_cpu = (backend.name, backend.device) == ("native", "cpu") and not backend.emulates_cuda
     return cpu_conv_chunk_elements(_choose(data, call, DRIVER_CHUNKS) if native_cpu else None)
 
 
@@ -729,7 +742,7 @@ def check_public_call(spec: OpSpec, backend: Backend, call: Call, run: Callable,
 
 
 def _record(test: str, backend: Backend, outcome: str) -> None:
-    RAN[(test, f"{backend.name}-{backend.device}")][outcome if DETAIL else outcome.split(" (")[0]] += 1
+    RAN[(test, backend.label)][outcome if DETAIL else outcome.split(" (")[0]] += 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -739,7 +752,7 @@ def _record(test: str, backend: Backend, outcome: str) -> None:
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_public_api_matches_reference_or_names_the_argument(spec: OpSpec, backend: Backend, capsys):
     backend = backend.for_spec(spec)
-    RAN.pop(("public", f"{backend.name}-{backend.device}"), None)
+    RAN.pop(("public", backend.label), None)
 
     @fuzz_settings(backend.examples)
     @given(st.data())
@@ -749,7 +762,8 @@ def test_public_api_matches_reference_or_names_the_argument(spec: OpSpec, backen
         with _driver_chunk(data, call, backend):
             _record("public", backend, check_public_call(spec, backend, call, lambda c: spec.run(c, backend.name)))
 
-    check()
+    with backend.config():
+        check()
     _report(capsys, "public", backend, spec)
 
 
@@ -762,7 +776,7 @@ def test_direct_op_calls_never_crash(spec: OpSpec, backend: Backend, capsys):
     if backend.name not in spec.direct_ops:
         pytest.skip(f"{spec.name} has no {backend.name} ops to call directly")
     backend = backend.for_spec(spec)
-    RAN.pop(("direct", f"{backend.name}-{backend.device}"), None)
+    RAN.pop(("direct", backend.label), None)
     ops = spec.direct_ops[backend.name]()
 
     @fuzz_settings(backend.direct_examples)
@@ -789,7 +803,8 @@ def test_direct_op_calls_never_crash(spec: OpSpec, backend: Backend, capsys):
             outcome = _check_direct_backward(spec, ops, call, data, backend)
         _record("direct", backend, outcome)
 
-    check()
+    with backend.config():
+        check()
     _report(capsys, "direct", backend, spec)
 
 
@@ -842,7 +857,7 @@ def test_every_mistake_is_refused_naming_its_argument(spec: OpSpec, backend: Bac
     forward and inference ops, and the backward op (every kind in every saved tensor and gradient), each a
     ValueError naming the argument. Zero sizes included: validation comes before the empty shortcut."""
     backend = backend.for_spec(spec)
-    RAN.pop(("mistakes", f"{backend.name}-{backend.device}"), None)
+    RAN.pop(("mistakes", backend.label), None)
     ops = spec.direct_ops[backend.name]() if backend.name in spec.direct_ops else None
 
     @fuzz_settings(3)
@@ -877,7 +892,8 @@ def test_every_mistake_is_refused_naming_its_argument(spec: OpSpec, backend: Bac
                     _expect_value_error(lambda: spec.direct_backward(ops, plain, {**saved, name: spoiled}), name)
                     _record("mistakes", backend, f"ValueError (backward: {kind} of {name})")
 
-    check()
+    with backend.config():
+        check()
     _report(capsys, "mistakes", backend, spec, unit="calls")
 
 
@@ -889,7 +905,7 @@ def test_through_torch_compile(spec: OpSpec, backend: Backend, capsys):
     import torch._dynamo
 
     backend = backend.for_spec(spec)
-    RAN.pop(("compile", f"{backend.name}-{backend.device}"), None)
+    RAN.pop(("compile", backend.label), None)
 
     @fuzz_settings(4)
     @given(st.data())
@@ -901,7 +917,8 @@ def test_through_torch_compile(spec: OpSpec, backend: Backend, capsys):
         _record("compile", backend,
                 check_public_call(spec, backend, call, lambda c: spec.run(c, backend.name, compiled)))
 
-    check()
+    with backend.config():
+        check()
     _report(capsys, "compile", backend, spec)
 
 

@@ -9,6 +9,7 @@
 
 #include "../cbm.h"
 #include "conv_chunk.h"
+#include "cuda_emulation.h"
 
 namespace deeprnn {
 namespace {
@@ -169,6 +170,7 @@ void backward_epilogue_cpu(const Tensor& grad_o, const Tensor& grad_c, const Ten
 }
 
 StepKernels cpu_kernels() {
+  if (g_cpu_emulates_cuda) return cuda_emulation_cbm_kernels();
   return StepKernels{forward_epilogue_cpu, backward_epilogue_cpu, g_cpu_conv_chunk_elements.load()};
 }
 

@@ -9,6 +9,7 @@
 
 #include "../cells.h"
 #include "conv_chunk.h"
+#include "cuda_emulation.h"
 
 namespace deeprnn {
 namespace {
@@ -128,8 +129,12 @@ void gru_backward_r(const Tensor& d_rh, const Tensor& gates, const Tensor& h_pre
            });
 }
 
-LstmStepKernels lstm_cpu() { return {lstm_forward, lstm_backward, g_cpu_conv_chunk_elements.load()}; }
+LstmStepKernels lstm_cpu() {
+  if (g_cpu_emulates_cuda) return cuda_emulation_lstm_kernels();
+  return {lstm_forward, lstm_backward, g_cpu_conv_chunk_elements.load()};
+}
 GruStepKernels gru_cpu() {
+  if (g_cpu_emulates_cuda) return cuda_emulation_gru_kernels();
   return {gru_forward_zr, gru_forward_n, gru_backward_zn, gru_backward_r, g_cpu_conv_chunk_elements.load()};
 }
 

@@ -35,7 +35,7 @@
 #include "../cbm.h"
 #include "cbm_kernels.h"
 #include "cbm_persistent_cuda.h"
-#include "kernel_dtype.h"
+#include "../step_tables.h"
 
 namespace deeprnn {
 namespace {
@@ -43,96 +43,19 @@ namespace {
 using at::Tensor;
 namespace ck = cuda_kernels;
 
-ck::DType dtype_code(at::ScalarType st) {
-  const auto dt = kernel_dtype(st);
-  TORCH_CHECK_VALUE(dt.has_value(), "deeprnn CUDA kernels support float32, float64, float16 and bfloat16, got ", st);
-  return *dt;
-}
-
-// True when each batch entry's (C, H, W) block is contiguous (size-1 dims may have any stride).
-bool inner_contiguous(const Tensor& t) {
-  int64_t expected = 1;
-  for (int64_t d = t.dim() - 1; d >= 1; --d) {
-    if (t.size(d) != 1 && t.stride(d) != expected) return false;
-    expected *= t.size(d);
+// The step epilogues' launcher for the shared table code (csrc/step_tables.h), on the current stream.
+struct CudaLaunch {
+  static void cbm_forward(ck::DType dtype, Options opt, const ck::ForwardArgs& a) {
+    ck::launch_forward(dtype, int(opt.act_r), int(opt.act_t), int(opt.merge), a, c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  return true;
-}
-
-Tensor inner_contiguous_input(const Tensor& t) { return inner_contiguous(t) ? t : t.contiguous(); }
-
-// Batch stride in elements; with one batch entry the stride is never used, so report `inner` to keep the
-// vectorized kernel eligible.
-int64_t batch_stride(const Tensor& t, int64_t inner) { return t.size(0) == 1 ? inner : t.stride(0); }
-
-void check_step_tensor(const Tensor& t, const Tensor& like, const char* name) {
-  TORCH_INTERNAL_ASSERT(t.is_cuda() && t.dim() == 4 && t.sizes() == like.sizes() &&
-                            t.scalar_type() == like.scalar_type() && t.device() == like.device(),
-                        "deeprnn CUDA epilogue: bad ", name);
-}
-
-void forward_epilogue_cuda(const Tensor& p_r_in, const Tensor& p_x_in, const Tensor& rec_in, const Tensor& r,
-                           const Tensor& c, const Tensor& o, Options opt) {
-  for (const Tensor* out : {&r, &c, &o}) {
-    check_step_tensor(*out, c, "output");
-    TORCH_INTERNAL_ASSERT(inner_contiguous(*out), "deeprnn CUDA epilogue: outputs need contiguous (C, H, W)");
+  static void cbm_backward(ck::DType dtype, Options opt, const ck::BackwardArgs& a) {
+    ck::launch_backward(dtype, int(opt.act_r), int(opt.act_t), int(opt.merge), a, c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  const Tensor p_r = inner_contiguous_input(p_r_in), p_x = inner_contiguous_input(p_x_in),
-               rec = inner_contiguous_input(rec_in);
-  check_step_tensor(p_r, c, "p_r");
-  check_step_tensor(p_x, c, "p_x");
-  check_step_tensor(rec, c, "rec");
-  const int64_t B = c.size(0), inner = B == 0 ? 0 : c.numel() / B;
-  ck::ForwardArgs a{p_r.const_data_ptr(), p_x.const_data_ptr(), rec.const_data_ptr(), r.mutable_data_ptr(),
-                    c.mutable_data_ptr(),  o.mutable_data_ptr(),  B,
-                    inner,                 batch_stride(p_r, inner), batch_stride(p_x, inner),
-                    batch_stride(rec, inner), batch_stride(r, inner), batch_stride(c, inner),
-                    batch_stride(o, inner)};
-  if (B * inner == 0) return;
-  ck::launch_forward(dtype_code(c.scalar_type()), int(opt.act_r), int(opt.act_t), int(opt.merge), a,
-                     c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
+};
 
-void backward_epilogue_cuda(const Tensor& grad_o_in, const Tensor& grad_c_in, const Tensor& rec_in,
-                            const Tensor& r_in, const Tensor& c_in, const Tensor& dG, const Tensor& dP_r,
-                            Options opt) {
-  for (const Tensor* out : {&dG, &dP_r}) {
-    check_step_tensor(*out, c_in, "output");
-    TORCH_INTERNAL_ASSERT(inner_contiguous(*out), "deeprnn CUDA epilogue: outputs need contiguous (C, H, W)");
-  }
-  const Tensor grad_o = inner_contiguous_input(grad_o_in), grad_c = inner_contiguous_input(grad_c_in),
-               r = inner_contiguous_input(r_in), c = inner_contiguous_input(c_in);
-  const Tensor rec = rec_in.defined() ? inner_contiguous_input(rec_in) : Tensor();
-  check_step_tensor(grad_o, c, "grad_o");
-  check_step_tensor(grad_c, c, "grad_c");
-  check_step_tensor(r, c, "r");
-  if (rec.defined()) check_step_tensor(rec, c, "rec");
-  const int64_t B = c.size(0), inner = B == 0 ? 0 : c.numel() / B;
-  ck::BackwardArgs a{grad_o.const_data_ptr(),
-                     grad_c.const_data_ptr(),
-                     rec.defined() ? rec.const_data_ptr() : nullptr,
-                     r.const_data_ptr(),
-                     c.const_data_ptr(),
-                     dG.mutable_data_ptr(),
-                     dP_r.mutable_data_ptr(),
-                     B,
-                     inner,
-                     batch_stride(grad_o, inner),
-                     batch_stride(grad_c, inner),
-                     rec.defined() ? batch_stride(rec, inner) : inner,
-                     batch_stride(r, inner),
-                     batch_stride(c, inner),
-                     batch_stride(dG, inner),
-                     batch_stride(dP_r, inner)};
-  if (B * inner == 0) return;
-  ck::launch_backward(dtype_code(c.scalar_type()), int(opt.act_r), int(opt.act_t), int(opt.merge), a,
-                      c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-constexpr StepKernels kCudaKernels{forward_epilogue_cuda, backward_epilogue_cuda, /*conv_chunk_elements=*/0,
-                                   forward_sequence_cuda, backward_sequence_cuda};
+const StepKernels kCudaKernels = step_tables::cbm_table<CudaLaunch>(forward_sequence_cuda, backward_sequence_cuda);
 
 // ---------------------------------------------------------------------------------------------------------------
 // CUDA graphs.

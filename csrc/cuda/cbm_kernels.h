@@ -6,36 +6,10 @@
 
 #include <cstdint>
 
+#include "kernel_args.h"
+
 namespace deeprnn {
 namespace cuda_kernels {
-
-enum class DType : int { kFloat = 0, kDouble = 1, kHalf = 2, kBFloat16 = 3 };
-
-// Every tensor is (B, C, H, W) with a contiguous (C, H, W) block of `inner` elements per batch entry and its
-// own batch stride (in elements): the projections P_r, P_x and the gradients dP_r, dG are channel slices of
-// one (B, 2C, H, W) buffer, so their batch stride is 2 * inner.
-struct ForwardArgs {
-  const void* p_r;
-  const void* p_x;
-  const void* rec;
-  void* r;
-  void* c;
-  void* o;
-  int64_t B, inner;
-  int64_t s_pr, s_px, s_rec, s_r, s_c, s_o;
-};
-
-struct BackwardArgs {
-  const void* grad_o;
-  const void* grad_c;
-  const void* rec;  // nullptr at the last step (no gradient from the future)
-  const void* r;
-  const void* c;
-  void* dG;
-  void* dP_r;
-  int64_t B, inner;
-  int64_t s_go, s_gc, s_rec, s_r, s_c, s_dG, s_dPr;
-};
 
 // Enqueue one fused epilogue launch on `stream` (nothing is launched when B * inner == 0). The caller checks
 // the launch (C10_CUDA_KERNEL_LAUNCH_CHECK). Returns true when the 16-byte vectorized kernel was chosen.

@@ -57,14 +57,50 @@ struct BF16 {
   }
 };
 
-#if defined(__CUDACC__)
+// float16: the GPU converts with its intrinsics; the host (the epilogues' host executor, csrc/cpu/cuda_emulation.cpp)
+// with the same IEEE rules in bit form (round to nearest even, subnormals kept, overflow to infinity, NaN stays NaN).
 struct F16 {
   using storage = unsigned short;
   using acc = float;
-  static __device__ __forceinline__ acc load(storage v) { return __half2float(__ushort_as_half(v)); }
-  static __device__ __forceinline__ storage store(acc v) { return __half_as_ushort(__float2half_rn(v)); }
-};
+  static DEEPRNN_HD acc load(storage v) {
+#if defined(__CUDA_ARCH__)
+    return __half2float(__ushort_as_half(v));
+#else
+    const uint32_t sign = uint32_t(v & 0x8000u) << 16, exponent = (v >> 10) & 0x1fu, mantissa = v & 0x3ffu;
+    if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float
+      const float f = float(mantissa) * 5.9604644775390625e-8f;
+      return sign ? -f : f;
+    }
+    const uint32_t bits =
+        sign | (exponent == 0x1fu ? 0x7f800000u | (mantissa << 13) : ((exponent + 112u) << 23) | (mantissa << 13));
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
 #endif
+  }
+  static DEEPRNN_HD storage store(acc v) {
+#if defined(__CUDA_ARCH__)
+    return __half_as_ushort(__float2half_rn(v));
+#else
+    uint32_t bits;
+    memcpy(&bits, &v, 4);
+    const uint32_t sign = (bits >> 16) & 0x8000u, mag = bits & 0x7fffffffu;
+    if (mag > 0x7f800000u) return storage(sign | 0x7e00u);    // NaN
+    if (mag >= 0x477ff000u) return storage(sign | 0x7c00u);  // rounds to infinity (>= 65520)
+    if (mag < 0x38800000u) {                                  // below 2^-14: a subnormal half or zero
+      // Adding 0.5 lines the half's last mantissa bit up with float's, so the FPU rounds to nearest even.
+      float f;
+      memcpy(&f, &mag, 4);
+      f += 0.5f;
+      uint32_t r;
+      memcpy(&r, &f, 4);
+      return storage(sign | (r - 0x3f000000u));
+    }
+    const uint32_t odd = (mag >> 13) & 1u;
+    return storage(sign | ((mag + 0xc8000fffu + odd) >> 13));  // rebias the exponent by -112, round to even
+#endif
+  }
+};
 
 template <typename A>
 DEEPRNN_HD A exp_(A z) {

@@ -27,7 +27,7 @@
 #include <unordered_map>
 
 #include "cbm_persistent.h"
-#include "kernel_dtype.h"
+#include "../step_tables.h"
 
 namespace deeprnn {
 namespace {
@@ -184,7 +184,7 @@ void forward_sequence_cuda(const ForwardSequence& s, const std::function<void()>
     step_loop();
     return;
   }
-  const auto dt = kernel_dtype(s.c.scalar_type());
+  const auto dt = step_tables::kernel_dtype(s.c.scalar_type());
   const auto p = problem_of(s.c, s.w_tc, s.opt);
   pk::Plan plan;
   if (!dt || !p || !image_strided(s.p_r) || !image_strided(s.p_x) ||
@@ -205,7 +205,7 @@ void forward_sequence_cuda(const ForwardSequence& s, const std::function<void()>
 Tensor backward_sequence_cuda(const BackwardSequence& s, const std::function<Tensor()>& step_loop) {
   const Mode m = mode();
   if (m == Mode::kOff) return step_loop();
-  const auto dt = kernel_dtype(s.c.scalar_type());
+  const auto dt = step_tables::kernel_dtype(s.c.scalar_type());
   const auto p = problem_of(s.c, s.w_tc, s.opt);
   pk::Plan plan;
   if (!dt || !p || !image_strided(s.dG) || !image_strided(s.dP_r) ||

@@ -7,24 +7,10 @@
 
 #include <cstdint>
 
-#include "cbm_kernels.h"  // DType
+#include "kernel_args.h"
 
 namespace deeprnn {
 namespace cuda_kernels {
-
-// The fused per-step passes of csrc/cells.h, one kernel each.
-enum class CellEpilogue : int { kLstmForward, kLstmBackward, kGruForwardZr, kGruForwardN, kGruBackwardZn, kGruBackwardR };
-
-constexpr int kMaxCellOperands = 15;
-
-// Every operand is (B, C, H, W) with a contiguous (C, H, W) block of `inner` elements per batch entry and its own
-// batch stride (in elements); operand order (outputs first) is that of the CPU epilogue of the same name
-// (csrc/cpu/cells_cpu.cpp). An output may alias an input exactly (each element is read before it is written).
-struct CellArgs {
-  void* ptr[kMaxCellOperands];
-  int64_t stride[kMaxCellOperands];
-  int64_t B, inner;
-};
 
 // Enqueue one epilogue on `stream` (nothing when B * inner == 0); the caller checks the launch.
 void launch_cell_epilogue(DType dtype, CellEpilogue epilogue, const CellArgs& args, cudaStream_t stream);
