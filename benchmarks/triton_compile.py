@@ -58,10 +58,13 @@ def cold_compile(name: str, dt: str, prec: str, config) -> Tuple[float, float]:
         return time.perf_counter() - wall, cpu_seconds() - cpu
 
 
-def sweep(table: Table, cases: List[str], capabilities: List[int], kernel_names: List[str]) -> bool:
-    """Compile every configuration of ``kernel_names`` (all when empty) for each ``dtype/prec`` case and each
-    capability into ``table``; True when every one compiled and fits."""
-    variants = [v for v in config_sweep.variants() if not kernel_names or v.kernel in kernel_names]
+def sweep(table: Table, cases: List[str], capabilities: List[int], kernel_names: List[str],
+          labels: List[str]) -> bool:
+    """Compile every configuration of ``kernel_names`` (all when empty), or only those ``labels`` name
+    (:attr:`~deeprnn_cuda.triton.config_sweep.Variant.label`), for each ``dtype/prec`` case and each capability
+    into ``table``; True when every one compiled and fits."""
+    variants = [v for v in config_sweep.variants() if (not kernel_names or v.kernel in kernel_names)
+                and (not labels or v.label in labels)]
     limits = ", ".join(f"sm_{cap} {config_sweep.SHARED_MEMORY_BYTES[cap]} B" for cap in capabilities)
     table.add(f"{len(variants)} configurations x {len(cases)} dtype/prec x {len(capabilities)} architectures; "
               f"shared memory limits {limits}", "",
@@ -102,6 +105,8 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true",
                         help="compile every configuration autotuning can pick (see above) instead of timing SHAPE's")
     parser.add_argument("--archs", default="80,90", help="--sweep: comma-separated compute capabilities")
+    parser.add_argument("--labels", default="",
+                        help="--sweep: only these configurations, comma-separated (e.g. 'fwd_step 128x128x64 w8 s3')")
     parser.add_argument("--kernels", default="fwd_step,bwd_step,fwd_seq,bwd_seq")
     parser.add_argument("--cases", default=",".join(f"{d}/{p}" for d, p in CASES),
                         help="comma-separated dtype/precision pairs")
@@ -113,7 +118,8 @@ def main() -> None:
     if args.sweep:
         names = [] if args.kernels == parser.get_default("kernels") else args.kernels.split(",")
         cases = [] if args.cases == parser.get_default("cases") else args.cases.split(",")
-        ok = sweep(table, cases or ["fp32/tf32"], [int(c) for c in args.archs.split(",")], names)
+        ok = sweep(table, cases or ["fp32/tf32"], [int(c) for c in args.archs.split(",")], names,
+                   [label for label in args.labels.split(",") if label])
         raise SystemExit(0 if ok else 1)
     table.add(f"Cold Triton compiles (sm_90, no GPU), shape {SHAPE}, "
               f"DEEPRNN_TRITON_MAX_CONFIGS={os.environ.get('DEEPRNN_TRITON_MAX_CONFIGS', '') or 'unset'}; "

@@ -380,14 +380,27 @@ def _gru_bwd_seq_kernel(T, B, C, H, W, gh, h_ptr, h0, saved, wzr, wn, dp, dhz, c
 MAX_ACC = 128 * 128
 
 
-def fits_accumulators(config) -> bool:
-    """Whether a single-step configuration's four gate accumulators fit :data:`MAX_ACC` (the configurations
-    that fail this are never picked for the cells)."""
-    return 4 * config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] <= MAX_ACC
+def pipeline_bytes(config, capability: int) -> int:
+    """Shared memory of a single-step cell configuration in float32 on ``sm_<capability>``: Triton stages the
+    state tile (``BLOCK_M x BLOCK_K``) and the four gates' weight tiles (``BLOCK_K x BLOCK_N`` each) in
+    ``num_stages`` buffers on sm_90 and one fewer on sm_80 (what the compiles of the sweep measured,
+    benchmarks/RESULTS.md)."""
+    k = config.kwargs
+    buffers = config.num_stages if capability >= 90 else config.num_stages - 1
+    return buffers * (k["BLOCK_M"] * k["BLOCK_K"] + 4 * k["BLOCK_K"] * k["BLOCK_N"]) * 4
+
+
+def fits_cells(config) -> bool:
+    """Whether the cells can take a single-step configuration: the four gate accumulators within
+    :data:`MAX_ACC`, and their operand pipeline within the shared memory of sm_80 and sm_90 (64 x 64 x 64 on
+    three stages needs 240 KB on an H100); the configurations that fail this are never picked."""
+    k = config.kwargs
+    return (4 * k["BLOCK_M"] * k["BLOCK_N"] <= MAX_ACC
+            and all(pipeline_bytes(config, cap) <= limit for cap, limit in _cbm.SHARED_MEMORY_BYTES.items()))
 
 
 def _prune_cells(configs, named_args, **kwargs):
-    kept = [c for c in _cbm._prune_step(configs, named_args) if fits_accumulators(c)]
+    kept = [c for c in _cbm._prune_step(configs, named_args) if fits_cells(c)]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"])]
 
 

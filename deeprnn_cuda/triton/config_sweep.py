@@ -2,8 +2,8 @@
 
 The interpreter never runs Triton's compiler, and :func:`.kernels.compile_check` compiles one configuration
 per kernel. :func:`variants` lists every (kernel, configuration) a launch can reach: each single-step kernel
-with each entry of :func:`.kernels._step_configs` that its pruning can keep (the cells drop the tiles whose
-four gate accumulators exceed :data:`.cell_kernels.MAX_ACC`), and each multi-step kernel with each entry of
+with each entry of :func:`.kernels._step_configs` that its pruning can keep (the cells drop the tiles that
+fail :func:`.cell_kernels.fits_cells`), and each multi-step kernel with each entry of
 :func:`.kernels._seq_configs` at the smallest and the largest tile its launch plan gives (the plans, not the
 configurations, set ``BLOCK_M`` x ``BLOCK_N`` there). :func:`compile_variant` compiles one to a cubin
 for ``sm_80`` or ``sm_90``; :func:`fits` checks its shared memory against :data:`SHARED_MEMORY_BYTES`.
@@ -17,8 +17,7 @@ import triton
 
 from . import cell_kernels, kernels
 
-#: the most shared memory one block may use (the opt-in maximum): A100 (sm_80) 163 KB, H100/H200 (sm_90) 227 KB
-SHARED_MEMORY_BYTES = {80: 166912, 90: 232448}
+SHARED_MEMORY_BYTES = kernels.SHARED_MEMORY_BYTES
 
 #: the constexprs a kernel specializes on besides the tiles: the variant with the most accumulators (ConvGRU
 #: phase 0: z and r together) or the main loop (not the final dh_0 / dc_0 pass)
@@ -63,7 +62,7 @@ def variants() -> List[Variant]:
     sweep cut short has compiled the configurations most likely to exceed a device's shared memory."""
     step = sorted(kernels._step_configs(), key=_pipeline_bytes, reverse=True)
     out = [Variant(name, c) for c in step for name in ("fwd_step", "bwd_step")]
-    out += [Variant(name, c) for c in step if cell_kernels.fits_accumulators(c)
+    out += [Variant(name, c) for c in step if cell_kernels.fits_cells(c)
             for name in ("lstm_fwd_step", "lstm_bwd_step", "gru_fwd_step", "gru_bwd_step")]
     seq = [(name, _with_tile(c, *tiles[i])) for i in (1, 0) for name, tiles in _SEQ_TILES.items()
            for c in kernels._seq_configs()]

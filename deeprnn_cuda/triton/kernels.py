@@ -356,6 +356,10 @@ def _prune_seq(configs, named_args, **kwargs):
     return _capped(kept or configs[:1])
 
 
+#: the most shared memory one block may use (the opt-in maximum) by compute capability: A100 (sm_80) 163 KB,
+#: H100/H200 (sm_90) 227 KB
+SHARED_MEMORY_BYTES = {80: 166912, 90: 232448}
+
 _KEY = ["C", "H", "W", "B", "KS", "PREC"]  # autotune cache key (Triton adds the pointer dtypes)
 
 
