@@ -13,32 +13,18 @@ an uninterrupted one would have, whatever the workers, and ends with its weights
 """
 from __future__ import annotations
 
-import json
 import sys
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from ..data.frame_sequences import FrameWindows, check_consistent, split_sequences
 from ..metrics import OPENSTL_SSIM
 from ..models.patch_predictor import PatchRecurrentPredictor
-from .checkpoint import read_resume_checkpoint, remove_stale_temporaries, save_atomic, write_text_atomic
-from .metrics import plot_series, write_metrics
-from .progress import budget_bar, step_bar
-from .moving_mnist_task import (
-    CHECKPOINT,
-    CURVES,
-    all_black,
-    copy_last_frame,
-    evaluate_frames,
-    prediction_loss,
-    results_table,
-    save_predictions_png,
-)
+from .checkpoint import read_resume_checkpoint
+from .moving_mnist_task import CHECKPOINT, TrainingState, evaluate_and_report, train_predictor
 
 FRAMES_TASK = "frames"
 SHOWN = 4
@@ -154,93 +140,32 @@ def run_frames(cfg: FramesConfig, out_dir: Path, resume: bool = False, progress:
     log = log or sys.stderr
     cfg, train, test = _data(cfg)
     out_dir = Path(out_dir)
-    ckpt_path = out_dir / CHECKPOINT
-    ckpt = read_resume_checkpoint(ckpt_path, _architecture(cfg)) if resume else None
+    ckpt = read_resume_checkpoint(out_dir / CHECKPOINT, _architecture(cfg)) if resume else None
     torch.manual_seed(cfg.seed)
     model = build_model(asdict(cfg))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    records: List[Dict] = []
-    trained, step, window = 0.0, 0, []
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        trained, step, records = ckpt["trained_seconds"], ckpt["step"], ckpt["records"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(ckpt_path)
+    state = TrainingState.resume(ckpt, model, optimizer)
     name = f"{cfg.layers}-layer {cfg.cell}"
 
-    def save() -> None:
-        write_metrics(out_dir / "metrics.jsonl", records)
-        plot_series({"train loss": [r["train_loss"] for r in records]}, [r["step"] for r in records],
-                    out_dir / CURVES, "step", "loss", f"{cfg.task} on {cfg.data_dir}: {name}")
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                     "trained_seconds": trained, "records": records, "architecture": _architecture(cfg),
-                     "config": asdict(cfg)}, ckpt_path)
-
-    loader = torch.utils.data.DataLoader(train, batch_sampler=_StepBatches(len(train), cfg.batch_size, cfg.seed, step),
-                                         num_workers=cfg.workers)
-    batches = iter(loader)
-    # a step cap gives a bar in steps; the budget alone, one in seconds trained
-    bar = (step_bar(desc=name, show=progress, total=cfg.max_steps) if cfg.max_steps > 0
-           else budget_bar(cfg.budget_s, desc=name, show=progress))
-    bar.update(step if cfg.max_steps > 0 else min(trained, cfg.budget_s))
-    model.train()
-    while trained < cfg.budget_s and (cfg.max_steps <= 0 or step < cfg.max_steps):
-        batch = next(batches)
-        t0 = time.perf_counter()
+    def teacher_forced(trained: float, step: int) -> bool:
+        """Until ``teacher_forcing`` of the budget or, with a step cap, of the steps is spent, whichever first."""
         done = max(trained / cfg.budget_s, step / cfg.max_steps if cfg.max_steps > 0 else 0.0)
-        teacher_forced = done < cfg.teacher_forcing
-        loss = prediction_loss(model.rollout(batch, cfg.observe, teacher_forced=teacher_forced), batch, cfg.observe,
-                               cfg.ssim_weight)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        seconds = time.perf_counter() - t0
-        trained += seconds
-        step += 1
-        window.append(loss.item())
-        bar.update(1 if cfg.max_steps > 0 else min(seconds, cfg.budget_s - bar.n))
-        bar.set_postfix_str(f"step {step}, {'teacher-forced' if teacher_forced else 'closed-loop'}, "
-                            f"loss {window[-1]:.4f}")
-        if step % 10 == 0 or trained >= cfg.budget_s or step == cfg.max_steps:  # and the last step's
-            records.append({"step": step, "train_seconds": round(trained, 2), "train_loss": sum(window) / len(window),
-                            "teacher_forced": teacher_forced})
-            window = []
-            save()
-    bar.close()
+        return done < cfg.teacher_forcing
+
+    loader = torch.utils.data.DataLoader(train, batch_sampler=_StepBatches(len(train), cfg.batch_size, cfg.seed,
+                                                                           state.step), num_workers=cfg.workers)
+    batches = iter(loader)
+    train_predictor(cfg, model, optimizer, batches, state, out_dir, name=name, teacher_forced=teacher_forced,
+                    curves_title=f"{cfg.task} on {cfg.data_dir}: {name}", architecture=_architecture(cfg),
+                    progress=progress)
     del batches  # stops the workers
 
     picks = evaluated_windows(test, cfg.test_size)
-    print(f"trained {step} steps in {trained:.0f} s; evaluating on {len(picks)} of {len(test)} test windows", file=log)
+    print(f"trained {state.step} steps in {state.trained:.0f} s; evaluating on {len(picks)} of {len(test)} test "
+          f"windows", file=log)
     videos = _load(torch.utils.data.Subset(test, picks), cfg.workers)
-    model.eval()
-    start = time.perf_counter()
-    results = {name: evaluate_frames(model, videos, cfg.observe, 16, progress, f"evaluating {name}")}
-    eval_seconds = time.perf_counter() - start
-    results["copy last frame"] = evaluate_frames(copy_last_frame, videos, cfg.observe, 16)
-    results["all black"] = evaluate_frames(all_black, videos, cfg.observe, 16)
-    test_records = [{"test": m, **v, **{f"{k}_avg": sum(x) / len(x) for k, x in v.items()}} for m, v in results.items()]
-    write_metrics(out_dir / "metrics.jsonl", records + test_records)
-    table = results_table(results)
-    write_text_atomic(out_dir / "results.md", table)
-    shown = videos[:SHOWN]
-    with torch.no_grad():
-        predicted = model(shown[:, :cfg.observe], cfg.predict)
-    title = (f"{cfg.task}: {name} after {step} steps; observe {cfg.observe} frames, predict {cfg.predict} "
-             f"(the first {len(shown)} test windows)")
-    save_predictions_png(shown, predicted, cfg.observe, out_dir / "predictions.png", title)
-    np.save(out_dir / "predictions.npy", predicted.numpy())
-    save_atomic({"model": model.state_dict(), "config": asdict(cfg)}, out_dir / "model.pt")
-    summary = {
-        "task": cfg.task, "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "steps": step,
-        "train_seconds": round(trained, 1), "eval_seconds": round(eval_seconds, 1),
-        "parameters": sum(p.numel() for p in model.parameters()), "channels": cfg.channels,
-        "frame_size": [cfg.height, cfg.width], "train_windows": len(train), "test_windows": len(picks),
-        **{f"{k}_avg": sum(v) / len(v) for k, v in results[name].items()},
-        "baselines": {b: {f"{k}_avg": sum(v) / len(v) for k, v in results[b].items()} for b in ("copy last frame", "all black")},
-        "shown": [test.describe(i) for i in picks[:SHOWN]],
-        "config": asdict(cfg), "out": str(out_dir), "curves": str(out_dir / CURVES),
-    }
-    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    print(table, end="", file=log)
-    return summary
+    details = {"channels": cfg.channels, "frame_size": [cfg.height, cfg.width], "train_windows": len(train),
+               "test_windows": len(picks)}
+    return evaluate_and_report(cfg, model, videos, state, out_dir, name=name, batch_size=16, shown=SHOWN,
+                               noun="windows", details=details, shown_sources=[test.describe(i) for i in picks[:SHOWN]],
+                               keep_predictions=True, progress=progress, log=log)

@@ -12,23 +12,36 @@ the loss is the binary cross entropy on the frame logits (see :mod:`.video_task`
 is minimized by the expected frame, which after a few frames is a gray haze over wherever the objects might
 be; SSIM punishes a haze on a black background hard (an exactly black frame scores higher), so the SSIM term
 teaches the model to keep the background black where it is unsure.
+
+The training loop (:func:`train_predictor`) and the evaluation with its report (:func:`evaluate_and_report`)
+serve the frames task (:mod:`.frames`) too; each task passes its batches, its teacher-forcing criterion and
+what its checkpoint holds beyond the weights and counters.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Protocol, TextIO
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data.moving_mnist import MovingMNIST
 from ..metrics import OPENSTL_SSIM, openstl_frame_metrics, ssim
 from ..models.patch_predictor import PatchRecurrentPredictor
-from .checkpoint import read_resume_checkpoint, remove_stale_temporaries, rng_state, save_atomic, set_rng_state
+from .checkpoint import (
+    read_resume_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+    write_text_atomic,
+)
 from .metrics import plot_series, pyplot, write_metrics
 from .progress import budget_bar, step_bar
 
@@ -151,6 +164,145 @@ def save_predictions_png(videos: torch.Tensor, predictions: torch.Tensor, observ
     pyplot().close(fig)
 
 
+class PredictionRunConfig(Protocol):
+    """The options :func:`train_predictor` and :func:`evaluate_and_report` read: the fields that
+    :class:`MovingMNISTConfig` and the frames task's ``FramesConfig`` (both dataclasses) share."""
+
+    task: str
+    cell: str
+    layers: int
+    hidden: int
+    observe: int
+    predict: int
+    budget_s: float
+    max_steps: int
+    ssim_weight: float
+
+
+@dataclass
+class TrainingState:
+    """Where training stands, as a checkpoint records it: steps taken, seconds trained and the loss records."""
+
+    step: int = 0
+    trained: float = 0.0
+    records: List[Dict] = field(default_factory=list)
+
+    @classmethod
+    def resume(cls, ckpt: Optional[Dict], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
+        """A fresh start without ``ckpt``; else ``ckpt``'s counters, its weights and optimizer state loaded into
+        ``model`` and ``optimizer``."""
+        if ckpt is None:
+            return cls()
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        return cls(ckpt["step"], ckpt["trained_seconds"], ckpt["records"])
+
+
+def train_predictor(cfg: PredictionRunConfig, model: PatchRecurrentPredictor, optimizer: torch.optim.Optimizer,
+                    batches: Iterator[torch.Tensor], state: TrainingState, out_dir: Path, *, name: str,
+                    teacher_forced: Callable[[float, int], bool], curves_title: str, architecture: Dict[str, object],
+                    random_state: Callable[[], Dict[str, object]] = dict, progress: bool) -> None:
+    """Train ``model`` on ``batches (B, T, C, H, W)`` with :func:`prediction_loss` until ``cfg.budget_s`` seconds
+    trained or ``cfg.max_steps`` steps (0: no cap), counting on from ``state``, which it advances.
+
+    ``teacher_forced(seconds_trained, step)`` says whether the next step is teacher-forced. Every 10 steps and
+    after the last one it appends the mean loss to ``state.records`` and rewrites ``out_dir``'s
+    ``metrics.jsonl``, ``curves.png`` (titled ``curves_title``) and ``checkpoint.pt`` (weights, optimizer,
+    ``state``, ``random_state()``, ``architecture`` and the config; atomically, so that a killed run resumes
+    from the last one). ``name`` labels the progress bar, shown on stderr with ``progress``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir / CHECKPOINT)
+
+    def save() -> None:
+        write_metrics(out_dir / "metrics.jsonl", state.records)
+        plot_series({"train loss": [r["train_loss"] for r in state.records]}, [r["step"] for r in state.records],
+                    out_dir / CURVES, "step", "loss", curves_title)
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
+                     "trained_seconds": state.trained, "records": state.records, **random_state(),
+                     "architecture": architecture, "config": asdict(cfg)}, out_dir / CHECKPOINT)
+
+    # a step cap gives a bar in steps; the budget alone, one in seconds trained that still names the step
+    bar = (step_bar(desc=name, show=progress, total=cfg.max_steps) if cfg.max_steps > 0
+           else budget_bar(cfg.budget_s, desc=name, show=progress))
+    bar.update(state.step if cfg.max_steps > 0 else min(state.trained, cfg.budget_s))
+    window: List[float] = []
+    model.train()
+    while state.trained < cfg.budget_s and (cfg.max_steps <= 0 or state.step < cfg.max_steps):
+        batch = next(batches)
+        t0 = time.perf_counter()
+        forced = teacher_forced(state.trained, state.step)
+        logits = model.rollout(batch, cfg.observe, teacher_forced=forced)
+        loss = prediction_loss(logits, batch, cfg.observe, cfg.ssim_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seconds = time.perf_counter() - t0
+        state.trained += seconds
+        state.step += 1
+        window.append(loss.item())
+        bar.update(1 if cfg.max_steps > 0 else min(seconds, cfg.budget_s - bar.n))
+        bar.set_postfix_str(f"step {state.step}, {'teacher-forced' if forced else 'closed-loop'}, "
+                            f"loss {window[-1]:.4f}")
+        if state.step % 10 == 0 or state.trained >= cfg.budget_s or state.step == cfg.max_steps:  # and the last step's
+            state.records.append({"step": state.step, "train_seconds": round(state.trained, 2),
+                                  "train_loss": sum(window) / len(window), "teacher_forced": forced})
+            window = []
+            save()
+    bar.close()
+
+
+def _averages(metrics: Dict[str, List[float]]) -> Dict[str, float]:
+    """``{metric}_avg``: each metric's mean over the predicted frames."""
+    return {f"{k}_avg": sum(v) / len(v) for k, v in metrics.items()}
+
+
+def evaluate_and_report(cfg: PredictionRunConfig, model: PatchRecurrentPredictor, videos: torch.Tensor,
+                        state: TrainingState, out_dir: Path, *, name: str, batch_size: int, shown: int,
+                        noun: str, details: Dict[str, object], shown_sources: Optional[List[Dict]] = None,
+                        keep_predictions: bool = False, progress: bool, log: TextIO) -> Dict:
+    """Evaluate the trained ``model`` (named ``name``) and the copy-last and all-black baselines on the test
+    ``videos (N, T, C, H, W)`` with :func:`evaluate_frames` in batches of ``batch_size``, write the run's
+    report in ``out_dir``, print the table to ``log`` and return the summary.
+
+    Files: ``metrics.jsonl`` (``state.records``, then one test record per model and baseline), ``results.md``
+    (:func:`results_table`), ``predictions.png`` (the first ``shown`` videos, called test ``noun`` in its
+    title), with ``keep_predictions`` ``predictions.npy`` (their predicted frames), ``model.pt`` (weights and
+    config) and ``summary.json``. The summary holds ``details`` after the parameter count and, given,
+    ``shown_sources`` (what the pictured videos are) as ``shown`` after the baselines.
+    """
+    model.eval()
+    start = time.perf_counter()
+    results = {name: evaluate_frames(model, videos, cfg.observe, batch_size, progress, f"evaluating {name}")}
+    eval_seconds = time.perf_counter() - start
+    results["copy last frame"] = evaluate_frames(copy_last_frame, videos, cfg.observe, batch_size)
+    results["all black"] = evaluate_frames(all_black, videos, cfg.observe, batch_size)
+    tests = [{"test": model_name, **metrics, **_averages(metrics)} for model_name, metrics in results.items()]
+    write_metrics(out_dir / "metrics.jsonl", state.records + tests)
+    table = results_table(results)
+    write_text_atomic(out_dir / "results.md", table)
+    pictured = videos[:shown]
+    with torch.no_grad():
+        predicted = model(pictured[:, :cfg.observe], cfg.predict)
+    title = (f"{cfg.task}: {name} after {state.step} steps; observe {cfg.observe} frames, predict {cfg.predict} "
+             f"(the first {len(pictured)} test {noun})")
+    save_predictions_png(pictured, predicted, cfg.observe, out_dir / "predictions.png", title)
+    if keep_predictions:
+        np.save(out_dir / "predictions.npy", predicted.numpy())
+    save_atomic({"model": model.state_dict(), "config": asdict(cfg)}, out_dir / "model.pt")
+    summary = {
+        "task": cfg.task, "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "steps": state.step,
+        "train_seconds": round(state.trained, 1), "eval_seconds": round(eval_seconds, 1),
+        "parameters": sum(p.numel() for p in model.parameters()), **details, **_averages(results[name]),
+        "baselines": {b: _averages(results[b]) for b in ("copy last frame", "all black")},
+        **({} if shown_sources is None else {"shown": shown_sources}),
+        "config": asdict(cfg), "out": str(out_dir), "curves": str(out_dir / CURVES),
+    }
+    write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    print(table, end="", file=log)
+    return summary
+
+
 def _architecture(cfg: MovingMNISTConfig) -> Dict[str, object]:
     """The options a checkpoint's weights depend on (a resumed run must match them)."""
     return {k: getattr(cfg, k) for k in ("task", "cell", "layers", "hidden", "patch", "kernel_size", "shortcut_every")}
@@ -180,80 +332,18 @@ def run_moving_mnist(cfg: MovingMNISTConfig, out_dir: Path, progress: bool = Fal
                                     cfg.shortcut_every, cfg.backend)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     g = torch.Generator().manual_seed(cfg.seed)
-    records: List[Dict] = []
-    trained, step, window = 0.0, 0, []
+    state = TrainingState.resume(ckpt, model, optimizer)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
         g.set_state(ckpt["generator"])
         set_rng_state(ckpt["rng"])
-        trained, step, records = ckpt["trained_seconds"], ckpt["step"], ckpt["records"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir / CHECKPOINT)
     name = f"{cfg.layers}-layer {cfg.cell}"
-
-    def save() -> None:
-        write_metrics(out_dir / "metrics.jsonl", records)
-        plot_series({"train loss": [r["train_loss"] for r in records]}, [r["step"] for r in records],
-                    out_dir / CURVES, "step", "loss", f"{cfg.task}: {name}")
-        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                     "trained_seconds": trained, "records": records, "generator": g.get_state(),
-                     "rng": rng_state(), "architecture": _architecture(cfg), "config": asdict(cfg)},
-                    out_dir / CHECKPOINT)
-
-    # a step cap gives a bar in steps; the budget alone, one in seconds trained that still names the step
-    bar = (step_bar(desc=name, show=progress, total=cfg.max_steps) if cfg.max_steps > 0
-           else budget_bar(cfg.budget_s, desc=name, show=progress))
-    bar.update(step if cfg.max_steps > 0 else min(trained, cfg.budget_s))
-    while trained < cfg.budget_s and (cfg.max_steps <= 0 or step < cfg.max_steps):
-        batch = train_data.sample(cfg.batch_size, g)
-        t0 = time.perf_counter()
-        teacher_forced = trained < cfg.teacher_forcing * cfg.budget_s
-        logits = model.rollout(batch, cfg.observe, teacher_forced=teacher_forced)
-        loss = prediction_loss(logits, batch, cfg.observe, cfg.ssim_weight)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        seconds = time.perf_counter() - t0
-        trained += seconds
-        step += 1
-        window.append(loss.item())
-        bar.update(1 if cfg.max_steps > 0 else min(seconds, cfg.budget_s - bar.n))
-        bar.set_postfix_str(f"step {step}, {'teacher-forced' if teacher_forced else 'closed-loop'}, "
-                            f"loss {window[-1]:.4f}")
-        if step % 10 == 0 or trained >= cfg.budget_s or step == cfg.max_steps:  # and the last step's
-            records.append({"step": step, "train_seconds": round(trained, 2), "train_loss": sum(window) / len(window),
-                            "teacher_forced": teacher_forced})
-            window = []
-            save()
-    bar.close()
-    print(f"trained {step} steps in {trained:.0f} s; evaluating on {cfg.test_size} test sequences", file=log)
-    model.eval()
-    start = time.perf_counter()
-    results = {name: evaluate_frames(model, test, cfg.observe, 64, progress, f"evaluating {name}")}
-    eval_seconds = time.perf_counter() - start
-    results["copy last frame"] = evaluate_frames(copy_last_frame, test, cfg.observe, 64)
-    results["all black"] = evaluate_frames(all_black, test, cfg.observe, 64)
-    tests = [{"test": model_name, **metrics, **{f"{k}_avg": sum(v) / len(v) for k, v in metrics.items()}}
-             for model_name, metrics in results.items()]
-    write_metrics(out_dir / "metrics.jsonl", records + tests)
-    table = results_table(results)
-    (out_dir / "results.md").write_text(table)
-    with torch.no_grad():
-        shown = test[:4]
-        title = (f"{cfg.task}: {name} after {step} steps; observe {cfg.observe} frames, predict {cfg.predict} "
-                 f"(the first {len(shown)} test sequences)")
-        save_predictions_png(shown, model(shown[:, :cfg.observe], cfg.predict), cfg.observe,
-                             out_dir / "predictions.png", title)
-    torch.save({"model": model.state_dict(), "config": asdict(cfg)}, out_dir / "model.pt")
-    summary = {
-        "task": cfg.task, "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "steps": step,
-        "train_seconds": round(trained, 1), "eval_seconds": round(eval_seconds, 1),
-        "parameters": sum(p.numel() for p in model.parameters()), "test_size": cfg.test_size,
-        **{f"{k}_avg": sum(v) / len(v) for k, v in results[name].items()},
-        "baselines": {b: {f"{k}_avg": sum(v) / len(v) for k, v in results[b].items()} for b in ("copy last frame", "all black")},
-        "config": asdict(cfg), "out": str(out_dir), "curves": str(out_dir / CURVES),
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(table, end="", file=log)
-    return summary
+    # drawn lazily, one batch per step, so that the generator's state at a checkpoint is the one to resume from
+    batches = (train_data.sample(cfg.batch_size, g) for _ in itertools.count())
+    train_predictor(cfg, model, optimizer, batches, state, out_dir, name=name,
+                    teacher_forced=lambda trained, step: trained < cfg.teacher_forcing * cfg.budget_s,
+                    curves_title=f"{cfg.task}: {name}", architecture=_architecture(cfg),
+                    random_state=lambda: {"generator": g.get_state(), "rng": rng_state()}, progress=progress)
+    print(f"trained {state.step} steps in {state.trained:.0f} s; evaluating on {cfg.test_size} test sequences",
+          file=log)
+    return evaluate_and_report(cfg, model, test, state, out_dir, name=name, batch_size=64, shown=4,
+                               noun="sequences", details={"test_size": cfg.test_size}, progress=progress, log=log)
