@@ -29,7 +29,7 @@ def _parsers():
 def test_every_option_of_every_command_has_a_description():
     parsers = _parsers()
     assert {name for name, _ in parsers} == {"deeprnn", "deeprnn info", "deeprnn train", "deeprnn compare",
-                                             "deeprnn demo"}
+                                             "deeprnn demo", "deeprnn predict", "deeprnn export"}
     for name, parser in parsers:
         assert parser.description, name
         for action in parser._actions:

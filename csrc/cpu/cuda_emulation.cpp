@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <type_traits>
 
 #include "../cuda/epilogue_bodies.h"
 #include "../step_tables.h"
@@ -24,37 +25,35 @@ Counts g_counts;
 // Walks a kernel's index space in order: what the grid-stride loops of cbm_kernels.cu / cells_kernels.cu do with
 // every (block, thread), one index at a time.
 struct HostExecutor {
-  static void cbm_forward(ck::DType dtype, Options opt, const ck::ForwardArgs& a) {
+  // Args is ForwardArgs or BackwardArgs: the launcher of either CBM kernel, with the same vector-width decision.
+  template <typename Args>
+  static void cbm(ck::DType dtype, Options opt, const Args& a) {
     dispatch_dtype(dtype, [&](auto tr) {
       using Tr = decltype(tr);
       const bool vec = vectorized<Tr>(a);
       (vec ? g_counts.vector_launches : g_counts.scalar_launches)++;
       dispatch_options(int(opt.act_r), int(opt.act_t), int(opt.merge), [&](auto ar, auto at, auto mg) {
-        constexpr int AR = decltype(ar)::value, AT = decltype(at)::value, MG = decltype(mg)::value;
+        const auto walk = [&](auto width) {
+          constexpr int VEC = decltype(width)::value, AR = decltype(ar)::value, AT = decltype(at)::value,
+                        MG = decltype(mg)::value;
+          for (int64_t i = 0; i < a.B * (a.inner / VEC); ++i) {
+            if constexpr (std::is_same_v<Args, ck::ForwardArgs>) {
+              cbm_forward_at<Tr, VEC, AR, AT, MG>(a, i);
+            } else {
+              cbm_backward_at<Tr, VEC, AR, AT, MG>(a, i);
+            }
+          }
+        };
         if (vec) {
-          for (int64_t i = 0; i < a.B * (a.inner / kVec<Tr>); ++i) cbm_forward_at<Tr, kVec<Tr>, AR, AT, MG>(a, i);
+          walk(IC<kVec<Tr>>{});
         } else {
-          for (int64_t i = 0; i < a.B * a.inner; ++i) cbm_forward_at<Tr, 1, AR, AT, MG>(a, i);
+          walk(IC<1>{});
         }
       });
     });
   }
-
-  static void cbm_backward(ck::DType dtype, Options opt, const ck::BackwardArgs& a) {
-    dispatch_dtype(dtype, [&](auto tr) {
-      using Tr = decltype(tr);
-      const bool vec = vectorized<Tr>(a);
-      (vec ? g_counts.vector_launches : g_counts.scalar_launches)++;
-      dispatch_options(int(opt.act_r), int(opt.act_t), int(opt.merge), [&](auto ar, auto at, auto mg) {
-        constexpr int AR = decltype(ar)::value, AT = decltype(at)::value, MG = decltype(mg)::value;
-        if (vec) {
-          for (int64_t i = 0; i < a.B * (a.inner / kVec<Tr>); ++i) cbm_backward_at<Tr, kVec<Tr>, AR, AT, MG>(a, i);
-        } else {
-          for (int64_t i = 0; i < a.B * a.inner; ++i) cbm_backward_at<Tr, 1, AR, AT, MG>(a, i);
-        }
-      });
-    });
-  }
+  static void cbm_forward(ck::DType dtype, Options opt, const ck::ForwardArgs& a) { cbm(dtype, opt, a); }
+  static void cbm_backward(ck::DType dtype, Options opt, const ck::BackwardArgs& a) { cbm(dtype, opt, a); }
 
   static void cell(ck::DType dtype, ck::CellEpilogue epilogue, const ck::CellArgs& a) {
     g_counts.cell_launches++;
