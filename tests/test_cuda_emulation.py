@@ -311,25 +311,31 @@ def test_cbm_inference_without_all_states_keeps_the_final_state(T):
 
 #: The forward ops called directly (they carry autograd), so float16 CPU tensors reach the emulated CUDA tables; the
 #: public layers keep CPU tensors to the CPU dtypes. Each returns the differentiable outputs.
+#: Temporal Dropout masks for CBM (T = 3, B = 2): one coin per node, one per sample.
+TD_MASKS = {"td-node": torch.tensor([True, False, True]),
+            "td-sample": torch.tensor([[True, False], [False, False], [False, True]])}
 FORWARD_OPS = {
-    "cbm": lambda a: torch.ops.deeprnn.cbm_forward(a["x"], a["weight_r"], a["bias_r"], a["weight_t"], a["bias_t"],
-                                                   a["c0"], torch.tensor([True, False, True]), 2, 0, 0)[:2],
-    "convlstm": lambda a: torch.ops.deeprnn.convlstm_forward(a["x"], a["weight"], a["bias"], a["h0"], a["c0"])[:2],
-    "convgru": lambda a: torch.ops.deeprnn.convgru_forward(a["x"], a["weight_x"], a["bias_x"], a["weight_h"],
-                                                           a["bias_h"], a["h0"])[:1],
+    "cbm": lambda a, td: torch.ops.deeprnn.cbm_forward(a["x"], a["weight_r"], a["bias_r"], a["weight_t"],
+                                                       a["bias_t"], a["c0"], td, 2, 0, 0)[:2],
+    "convlstm": lambda a, td: torch.ops.deeprnn.convlstm_forward(a["x"], a["weight"], a["bias"], a["h0"],
+                                                                 a["c0"])[:2],
+    "convgru": lambda a, td: torch.ops.deeprnn.convgru_forward(a["x"], a["weight_x"], a["bias_x"], a["weight_h"],
+                                                               a["bias_h"], a["h0"])[:1],
 }
 REFERENCE_LAYERS = {
-    "cbm": lambda a: list(cbm_layer(**a, td_mask=torch.tensor([True, False, True]), act_r="tanh", backend="reference")),
-    "convlstm": lambda a: list(convlstm_layer(**a, backend="reference")),
-    "convgru": lambda a: [convgru_layer(**a, backend="reference")],
+    "cbm": lambda a, td: list(cbm_layer(**a, td_mask=td, act_r="tanh", backend="reference")),
+    "convlstm": lambda a, td: list(convlstm_layer(**a, backend="reference")),
+    "convgru": lambda a, td: [convgru_layer(**a, backend="reference")],
 }
+CASES = [("cbm", "td-node"), ("cbm", "td-sample"), ("convlstm", None), ("convgru", None)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("cell", ["cbm", "convlstm", "convgru"])
-def test_layers_in_the_cuda_configuration(cell, dtype):
-    """Forward and backward of every cell (Temporal Dropout on for CBM) with the CUDA tables on the host, against the
-    float64 reference at the dtype's tolerance."""
+@pytest.mark.parametrize("cell,td", CASES, ids=[c if t is None else f"{c}-{t}" for c, t in CASES])
+def test_layers_in_the_cuda_configuration(cell, td, dtype):
+    """Forward and backward of every cell (CBM with Temporal Dropout per node and per sample) with the CUDA tables on
+    the host, against the float64 reference at the dtype's tolerance."""
+    mask = TD_MASKS.get(td)
     T, B, C_in, C, H, W = 3, 2, 3, 4, 5, 6
     base = make_inputs(T, B, C_in, C, H, W, seed=4) if cell == "cbm" else make_cell_inputs(cell, T, B, C_in, C, H, W,
                                                                                             seed=4)
@@ -339,11 +345,11 @@ def test_layers_in_the_cuda_configuration(cell, dtype):
         loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
         return list(outs) + list(torch.autograd.grad(loss, [v for v in inputs.values() if v is not None]))
 
-    want = with_grads(REFERENCE_LAYERS[cell](base), base)
+    want = with_grads(REFERENCE_LAYERS[cell](base, mask), base)
     low = {k: (v.detach().to(dtype).requires_grad_() if v is not None else None) for k, v in base.items()}
     with cuda_emulation():
         _counts()
-        got = with_grads(FORWARD_OPS[cell](low), low)
+        got = with_grads(FORWARD_OPS[cell](low, mask), low)
         counts = _counts()
     assert counts["vector"] + counts["scalar"] + counts["cell"] > 0, "the host executor did not run"
     for i, (a, b) in enumerate(zip(got, want, strict=True)):

@@ -6,19 +6,23 @@ only) must not look differentiable; Triton must launch on the tensors' own GPU.
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from deeprnn_cuda import _native
 from deeprnn_cuda import triton as triton_backend
-from helpers import make_inputs
+from helpers import cuda_emulation, make_inputs
 
+#: (ops, dtype, the context the calls run in): the native CPU ops also in the CUDA tables' configuration.
 OPS = []
 if _native.is_available():
-    OPS.append(pytest.param(torch.ops.deeprnn, torch.float64, id="native"))
+    OPS.append(pytest.param(torch.ops.deeprnn, torch.float64, contextlib.nullcontext, id="native"))
+    OPS.append(pytest.param(torch.ops.deeprnn, torch.float64, cuda_emulation, id="native-cuda-emulated"))
 if triton_backend.is_available() and triton_backend.interpreter_active():
-    OPS.append(pytest.param(torch.ops.deeprnn_triton, torch.float32, id="triton"))
+    OPS.append(pytest.param(torch.ops.deeprnn_triton, torch.float32, contextlib.nullcontext, id="triton"))
 
 
 def _odd_layouts(dtype):
@@ -42,30 +46,33 @@ def _run(ops, args):
     return (o, c, r), grads
 
 
-@pytest.mark.parametrize("ops,dtype", OPS)
-def test_fake_kernels_describe_the_real_outputs(ops, dtype):
+@pytest.mark.parametrize("ops,dtype,context", OPS)
+def test_fake_kernels_describe_the_real_outputs(ops, dtype, context):
     """Shapes, strides and dtypes of the fake kernels' outputs are the real kernels' (odd input layouts)."""
     args = _odd_layouts(dtype)
-    real_fwd, real_bwd = _run(ops, args)
+    with context():
+        real_fwd, real_bwd = _run(ops, args)
     with FakeTensorMode() as mode:
         fake_fwd, fake_bwd = _run(ops, [mode.from_tensor(t) for t in args])
     for i, (real, fake) in enumerate(zip(real_fwd + real_bwd, fake_fwd + fake_bwd)):
         assert (fake.shape, fake.stride(), fake.dtype) == (real.shape, real.stride(), real.dtype), f"output {i}"
 
 
-@pytest.mark.parametrize("ops,dtype", OPS)
-def test_opcheck_with_odd_layouts(ops, dtype):
+@pytest.mark.parametrize("ops,dtype,context", OPS)
+def test_opcheck_with_odd_layouts(ops, dtype, context):
     x, weight_r, bias_r, weight_t, bias_t, c0 = _odd_layouts(dtype)
     for t in (x, weight_r, weight_t, c0):
         t.requires_grad_()
-    torch.library.opcheck(ops.cbm_forward, (x, weight_r, bias_r, weight_t, bias_t, c0, None, 2, 0, 0))
+    with context():
+        torch.library.opcheck(ops.cbm_forward, (x, weight_r, bias_r, weight_t, bias_t, c0, None, 2, 0, 0))
 
 
-@pytest.mark.parametrize("ops,dtype", OPS)
-def test_r_is_not_differentiable(ops, dtype):
+@pytest.mark.parametrize("ops,dtype,context", OPS)
+def test_r_is_not_differentiable(ops, dtype, context):
     """r is returned for backward only; a gradient flowing into it would be dropped, so autograd must say so."""
     a = make_inputs(2, 1, 2, 3, 4, 4, dtype=dtype)
-    o, c, r = ops.cbm_forward(a["x"], a["weight_r"], a["bias_r"], a["weight_t"], a["bias_t"], a["c0"], None, 1, 0, 0)
+    with context():
+        o, c, r = ops.cbm_forward(a["x"], a["weight_r"], a["bias_r"], a["weight_t"], a["bias_t"], a["c0"], None, 1, 0, 0)
     assert o.requires_grad and c.requires_grad
     assert not r.requires_grad
 
