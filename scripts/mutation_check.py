@@ -222,20 +222,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         copy_tree(work)
         print(f"copy of {ROOT} in {work}", file=sys.stderr)
-        baseline: Dict[Tuple[Tuple[str, ...], bool], bool] = {}
-        built = False
+        if any(m.cpp for m in chosen):
+            print("building the copy CPU-only (once)...", file=sys.stderr)
+            if not build(work, log):
+                raise SystemExit(f"the unmutated copy does not build; see {log}")
+        # Every selection passes unmutated first, before any mutant: after a C++ mutant the source is restored but
+        # the extension stays mutated until the next build, so a baseline taken then would test that mutant.
+        for tests, cpp in dict.fromkeys((m.tests, m.cpp) for m in chosen):
+            ok, why = run_tests(work, tests, cpp, args.timeout)
+            if not ok:
+                raise SystemExit(f"unmutated tests fail ({' '.join(tests)}): {why}")
         for m in chosen:
-            if m.cpp and not built:
-                print("building the copy CPU-only (once)...", file=sys.stderr)
-                if not build(work, log):
-                    raise SystemExit(f"the unmutated copy does not build; see {log}")
-                built = True
-            key = (m.tests, m.cpp)
-            if key not in baseline:
-                ok, why = run_tests(work, m.tests, m.cpp, args.timeout)
-                if not ok:
-                    raise SystemExit(f"unmutated tests fail ({' '.join(m.tests)}): {why}")
-                baseline[key] = ok
             start = time.perf_counter()
             original = apply(work, m)
             try:
