@@ -130,6 +130,24 @@ def test_cbm_epilogues_with_mixed_layouts(dtype):
     _check(outs, [dc * cv * (1 - cv), go * cv * (1 - rv * rv)], dtype, "backward")
 
 
+@pytest.mark.parametrize("misaligned", range(13), ids=lambda k: f"operand{k}")
+def test_vector_path_needs_every_pointer_aligned(misaligned):
+    """One operand 4 bytes off 16-byte alignment, the others aligned: the kernel must take the scalar path (a 16-byte
+    load from that pointer faults on a GPU; on the host it would go unnoticed, so the decision is what is checked)."""
+    g = torch.Generator().manual_seed(misaligned)
+    shape = (2, 4, 4, 4)
+    step, k = ("cbm_forward", misaligned) if misaligned < 6 else ("cbm_backward", misaligned - 6)
+    n_out = 3 if step == "cbm_forward" else 2
+    layouts = ["offset" if i == k else "plain" for i in range(n_out + (3 if step == "cbm_forward" else 5))]
+    outs = [_outputs(shape, torch.float32, how, 1)[0] for how in layouts[:n_out]]
+    ins = [_operand(shape, torch.float32, how, g, positive=True) for how in layouts[n_out:]]
+    _counts()
+    torch.ops.deeprnn._cuda_emulation_step(step, outs, ins, [1, 0, 0])
+    counts = _counts()
+    assert (counts["scalar"], counts["vector"]) == (1, 0), f"{step}: operand {k} misaligned"
+    assert all(torch.isfinite(o).all() for o in outs), "an element was not written"
+
+
 def test_cbm_backward_reads_broadcast_gradients():
     """A broadcast zero gradient (what autograd hands over for an unused output) is copied, not indexed with a
     zero batch stride as if it were whole."""
