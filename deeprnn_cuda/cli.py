@@ -371,6 +371,24 @@ def _train_video_prediction(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_predictor_options(cfg, args: argparse.Namespace, minimums) -> None:
+    """The checks every frame-prediction task's options share: each (option, value, lowest allowed) of ``minimums``,
+    then the budget, learning rate, SSIM weight and kernel size; a ConfigError naming the first bad option."""
+    from .training import ConfigError
+
+    for option, value, low in minimums:
+        if value < low:
+            raise ConfigError(option, f"must be >= {low}, got {value}")
+    if not cfg.budget_s > 0:
+        raise ConfigError("--budget-minutes", f"must be > 0, got {args.budget_minutes}")
+    if not cfg.lr > 0:
+        raise ConfigError("--lr", f"must be > 0, got {cfg.lr}")
+    if not cfg.ssim_weight >= 0:
+        raise ConfigError("--ssim-weight", f"must be >= 0, got {cfg.ssim_weight}")
+    if cfg.kernel_size < 1 or cfg.kernel_size % 2 == 0:
+        raise ConfigError("--kernel-size", f"must be an odd number >= 1, got {cfg.kernel_size}")
+
+
 def _train_moving_mnist(args: argparse.Namespace) -> int:
     """Train a deep CBM or ConvLSTM predictor on Moving (Fashion-)MNIST; print the per-horizon table."""
     from .data.idx import MissingDataError
@@ -388,18 +406,9 @@ def _train_moving_mnist(args: argparse.Namespace) -> int:
     if args.budget_minutes is not None:
         options["budget_s"] = args.budget_minutes * 60
     cfg = MovingMNISTConfig(task=args.task, cell=cell, **options)
-    for option, value, low in (("--layers", cfg.layers, 1), ("--hidden", cfg.hidden, 1), ("--batch-size", cfg.batch_size, 1),
-                               ("--test-size", cfg.test_size, 1), ("--max-steps", cfg.max_steps, 0)):
-        if value < low:
-            raise ConfigError(option, f"must be >= {low}, got {value}")
-    if not cfg.budget_s > 0:
-        raise ConfigError("--budget-minutes", f"must be > 0, got {args.budget_minutes}")
-    if not cfg.lr > 0:
-        raise ConfigError("--lr", f"must be > 0, got {cfg.lr}")
-    if not cfg.ssim_weight >= 0:
-        raise ConfigError("--ssim-weight", f"must be >= 0, got {cfg.ssim_weight}")
-    if cfg.kernel_size < 1 or cfg.kernel_size % 2 == 0:
-        raise ConfigError("--kernel-size", f"must be an odd number >= 1, got {cfg.kernel_size}")
+    _check_predictor_options(cfg, args, (("--layers", cfg.layers, 1), ("--hidden", cfg.hidden, 1),
+                                         ("--batch-size", cfg.batch_size, 1), ("--test-size", cfg.test_size, 1),
+                                         ("--max-steps", cfg.max_steps, 0)))
     try:
         summary = run_moving_mnist(cfg, Path(args.out), progress=args.progress, resume=bool(args.resume))
     except MissingDataError as e:
@@ -451,23 +460,13 @@ def _train_frames(args: argparse.Namespace) -> int:
     if args.budget_minutes is not None:
         options["budget_s"] = args.budget_minutes * 60
     cfg = FramesConfig(data_dir=args.data_dir, cell=cell, **options)
-    for option, value, low in (("--layers", cfg.layers, 1), ("--hidden", cfg.hidden, 1), ("--patch", cfg.patch, 1),
-                               ("--observe", cfg.observe, 1), ("--predict", cfg.predict, 1), ("--stride", cfg.stride, 1),
-                               ("--batch-size", cfg.batch_size, 1),
-                               ("--test-size", cfg.test_size, 1), ("--max-steps", cfg.max_steps, 0),
-                               ("--workers", cfg.workers, 0)):
-        if value < low:
-            raise ConfigError(option, f"must be >= {low}, got {value}")
+    _check_predictor_options(cfg, args, (("--layers", cfg.layers, 1), ("--hidden", cfg.hidden, 1),
+                                         ("--patch", cfg.patch, 1), ("--observe", cfg.observe, 1),
+                                         ("--predict", cfg.predict, 1), ("--stride", cfg.stride, 1),
+                                         ("--batch-size", cfg.batch_size, 1), ("--test-size", cfg.test_size, 1),
+                                         ("--max-steps", cfg.max_steps, 0), ("--workers", cfg.workers, 0)))
     if cfg.image_size is not None and (cfg.image_size < 1 or cfg.image_size % cfg.patch):
         raise ConfigError("--image-size", f"must be a positive multiple of --patch {cfg.patch}, got {cfg.image_size}")
-    if not cfg.budget_s > 0:
-        raise ConfigError("--budget-minutes", f"must be > 0, got {args.budget_minutes}")
-    if not cfg.lr > 0:
-        raise ConfigError("--lr", f"must be > 0, got {cfg.lr}")
-    if not cfg.ssim_weight >= 0:
-        raise ConfigError("--ssim-weight", f"must be >= 0, got {cfg.ssim_weight}")
-    if cfg.kernel_size < 1 or cfg.kernel_size % 2 == 0:
-        raise ConfigError("--kernel-size", f"must be an odd number >= 1, got {cfg.kernel_size}")
     try:
         summary = run_frames(cfg, Path(args.out), resume=bool(args.resume), progress=args.progress)
     except FramesDataError as e:  # unreadable, too short or inconsistent data: one line naming the file
